@@ -1,0 +1,549 @@
+"""A Qwen2 / Qwen2.5 decoder in plain PyTorch, its Hugging Face checkpoint loader, and a KV-cached batched sampler.
+
+    model = Transformer.from_pretrained("Qwen2.5-3B", device="cuda", dtype=torch.bfloat16)
+    tok = load_tokenizer("Qwen2.5-3B")
+    out = generate(model, [tok.encode("Hello").ids], max_new_tokens=64, temperature=0.7, eos_id=model.args.eos_id)
+    out.tokens, out.logprobs   # new tokens of each prompt, and the log-probability each was drawn with
+
+Parameter names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so `save_pretrained` writes a
+folder that `transformers` and `Transformer.from_pretrained` both read. The file reads top to bottom: config, layers,
+model, loading and saving, then the sampler. `python model.py CKPT "prompt"` samples from a checkpoint.
+"""
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 128
+    vocab_size: int = 256
+    norm_eps: float = 1e-6
+    rope_theta: float = 1e6
+    tie_embeddings: bool = True
+    max_seq_len: int = 2048
+    eos_id: int | None = None
+    bos_id: int | None = None
+
+    @property
+    def head_dim(self):
+        return self.dim // self.n_heads
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict, where: str = "config.json") -> "ModelArgs":
+        """Reads a Qwen2 `config.json` in either style: transformers 4.x (top-level `rope_theta`, `torch_dtype`),
+        as Qwen2.5 checkpoints ship it, or 5.x (`rope_parameters`, `dtype`, `layer_types`). Anything this model
+        does not implement is an error rather than a silently different model."""
+
+        def fail(msg):
+            raise ValueError(f"{where}: {msg}")
+
+        if cfg.get("model_type") != "qwen2":
+            fail(f"model_type {cfg.get('model_type')!r} is not supported; this model implements 'qwen2' only")
+        arch = cfg.get("architectures") or ["Qwen2ForCausalLM"]
+        if arch != ["Qwen2ForCausalLM"]:
+            fail(f"architectures {arch} is not supported; expected ['Qwen2ForCausalLM']")
+        if cfg.get("hidden_act", "silu") != "silu":
+            fail(f"hidden_act {cfg['hidden_act']!r} is not supported; expected 'silu'")
+        if cfg.get("use_sliding_window", False):
+            fail("use_sliding_window: true is not supported (sliding-window attention is not implemented)")
+        if any(t != "full_attention" for t in cfg.get("layer_types") or []):
+            fail(f"layer_types {sorted(set(cfg['layer_types']))} is not supported; only 'full_attention' is")
+        if cfg.get("rope_scaling"):
+            fail(f"rope_scaling {cfg['rope_scaling']} is not supported; only plain RoPE is implemented")
+        rope = cfg.get("rope_parameters") or {}
+        if rope.get("rope_type", "default") != "default":
+            fail(f"rope_parameters.rope_type {rope['rope_type']!r} is not supported; only 'default' is")
+        theta = rope.get("rope_theta", cfg.get("rope_theta"))
+        if theta is None:
+            fail("no rope_theta (neither top-level nor in rope_parameters)")
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+            if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
+                fail(f"{key}: expected a positive integer, got {cfg.get(key)!r}")
+        n_heads = cfg["num_attention_heads"]
+        n_kv = cfg.get("num_key_value_heads") or n_heads
+        if cfg["hidden_size"] % n_heads or n_heads % n_kv:
+            fail(f"hidden_size {cfg['hidden_size']} / num_attention_heads {n_heads} / num_key_value_heads {n_kv} "
+                 "must divide evenly")
+        eos = cfg.get("eos_token_id")
+        if isinstance(eos, list):  # some configs list several; the first is the end-of-text token
+            eos = eos[0]
+        return cls(
+            dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_kv,
+            intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            max_seq_len=int(cfg.get("max_position_embeddings", 32768)), eos_id=eos, bos_id=cfg.get("bos_token_id"),
+        )
+
+    def to_hf_config(self, dtype: torch.dtype = torch.float32) -> dict:
+        """The transformers 4.x style that Qwen2.5 checkpoints ship; transformers 5.x reads it too."""
+        return {
+            "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+            "hidden_size": self.dim, "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads, "intermediate_size": self.intermediate_size,
+            "vocab_size": self.vocab_size, "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_embeddings, "max_position_embeddings": self.max_seq_len,
+            "eos_token_id": self.eos_id, "bos_token_id": self.bos_id, "use_sliding_window": False,
+            "attention_dropout": 0.0, "torch_dtype": str(dtype).removeprefix("torch."),
+        }
+
+
+# -----------------------------------------------------------------------------
+# Layers
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 and cast back before the weight, exactly as Qwen2 does, so bf16 results agree
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_tables(args: ModelArgs, device=None):
+    """cos/sin of every position, [max_seq_len, head_dim], fp32 (cast to the activation dtype at use)."""
+    hd = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd))
+    freqs = torch.arange(args.max_seq_len, device=device).float()[:, None] * inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x [B, H, T, hd]; cos, sin [B, T, hd]. Qwen2 rotates the two halves of each head (not interleaved pairs)."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache(nn.Module):
+    """Static, pre-allocated keys and values for one layer: [B, n_kv_heads, S, head_dim]."""
+
+    def __init__(self, batch, n_kv_heads, length, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch, n_kv_heads, length, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, idx, k, v):
+        # index_copy_ with a device tensor keeps shapes static (one CUDA graph for every decode step)
+        self.k.index_copy_(2, idx, k)
+        self.v.index_copy_(2, idx, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.q_proj = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, mask, cache_idx=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache_idx is not None:  # generating: write this step's keys, attend over the whole static cache
+            k, v = self.cache.update(cache_idx, k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gate_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(args.dim, args.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(args.intermediate_size, args.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.self_attn = Attention(args)
+        self.mlp = MLP(args)
+        self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache_idx=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_idx)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+def padding_mask(pad_mask):
+    """Attention mask [B, 1, T, T] for a left-padded batch: causal, pads never attended to. A pad query attends
+    to itself only, so no row of the mask is empty (an empty row makes SDPA return NaN)."""
+    T = pad_mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=pad_mask.device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=pad_mask.device)
+    return ((causal & pad_mask[:, None, :]) | eye)[:, None]
+
+
+def positions_of(pad_mask):
+    """Left padding: each row's first real token is position 0."""
+    return (pad_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(args.vocab_size, args.dim),
+            layers=nn.ModuleList(Block(args) for _ in range(args.n_layers)),
+            norm=RMSNorm(args.dim, args.norm_eps),
+        ))
+        self.lm_head = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.checkpointing = False  # activation checkpointing per block, for training large models
+        self.init_rope()
+
+    def init_rope(self):
+        device = self.model.embed_tokens.weight.device
+        cos, sin = rope_tables(self.args, None if device.type == "meta" else device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def init_weights(self, seed: int = 0, std: float = 0.02):
+        """Random weights (for tests, benchmarks and the tiny demo model), seeded, no global RNG side effects."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            else:
+                p.data.copy_(torch.randn(p.shape, generator=g) * std)
+        return self
+
+    def output(self, h):
+        """Final hidden states -> logits (the tied embedding or lm_head)."""
+        w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, w)
+
+    def hidden(self, tokens, pad_mask=None, positions=None, mask=None, cache_idx=None):
+        """Final normed hidden states [B, T, dim]. `pad_mask` [B, T] (True on real tokens, left padding) for a
+        ragged batch; the sampler passes `positions`, `mask` and `cache_idx` itself."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be [batch, time], got shape {tuple(tokens.shape)}")
+        T = tokens.shape[1]
+        if positions is None:
+            if T > self.args.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens is longer than the context ({self.args.max_seq_len})")
+            if pad_mask is None or bool(pad_mask.all()):
+                positions = torch.arange(T, device=tokens.device).expand(tokens.shape[0], T)
+            else:
+                positions, mask = positions_of(pad_mask), padding_mask(pad_mask)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        x = self.model.embed_tokens(tokens)
+        for layer in self.model.layers:
+            if self.checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache_idx, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache_idx)
+        return self.model.norm(x)
+
+    def forward(self, tokens, pad_mask=None):
+        """Logits [B, T, vocab] for positions 0..T-1."""
+        return self.output(self.hidden(tokens, pad_mask))
+
+    def setup_cache(self, batch, length, dtype=None, device=None):
+        w = self.model.embed_tokens.weight
+        for layer in self.model.layers:
+            layer.self_attn.cache = KVCache(batch, self.args.n_kv_heads, length, self.args.head_dim,
+                                            dtype or w.dtype, device or w.device)
+
+    def clear_cache(self):
+        for layer in self.model.layers:
+            layer.self_attn.cache = None
+
+    def cache_shape(self):
+        c = self.model.layers[0].self_attn.cache
+        return None if c is None else (c.k.shape[0], c.k.shape[2], c.k.dtype)
+
+    @classmethod
+    def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> "Transformer":
+        return load_checkpoint(path, device, dtype)
+
+
+# -----------------------------------------------------------------------------
+# Loading and saving Hugging Face checkpoints
+
+
+def read_config(path) -> ModelArgs:
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: no such file (expected a Hugging Face model folder)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
+    return ModelArgs.from_hf_config(cfg, str(cfg_file))
+
+
+def checkpoint_files(path) -> list[Path]:
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [path / n for n in names]
+    elif (path / "model.safetensors").is_file():
+        files = [path / "model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: shard named in {index.name} is missing")
+    return files
+
+
+def load_checkpoint(path, device="cpu", dtype=torch.float32) -> Transformer:
+    """Builds the model on the meta device (no memory), then moves each tensor from its safetensors shard straight
+    to `device` and `dtype`, one at a time, so peak memory is one copy of the weights plus one tensor."""
+    from safetensors import safe_open
+
+    args = read_config(path)
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = dict(model.state_dict())
+    loaded, unexpected, misshaped = set(), [], []
+    for file in checkpoint_files(path):
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            for name in f.keys():
+                if name == "lm_head.weight" and args.tie_embeddings:
+                    continue  # some tied checkpoints store the (identical) output matrix too
+                if name not in expected:
+                    unexpected.append(name)
+                    continue
+                t = f.get_tensor(name)
+                if tuple(t.shape) != tuple(expected[name].shape):
+                    misshaped.append(f"{name}: {tuple(t.shape)} in {file.name}, expected {tuple(expected[name].shape)}")
+                    continue
+                model.load_state_dict({name: t.to(dtype)}, strict=False, assign=True)
+                loaded.add(name)
+    missing = sorted(set(expected) - loaded)
+    if missing or unexpected or misshaped:
+        def show(xs):
+            return ", ".join(xs[:8]) + (f" (+{len(xs) - 8} more)" if len(xs) > 8 else "")
+        parts = [f"missing {len(missing)}: {show(missing)}"] if missing else []
+        parts += [f"unexpected {len(unexpected)}: {show(unexpected)}"] if unexpected else []
+        parts += [f"wrong shape {len(misshaped)}: {show(misshaped)}"] if misshaped else []
+        raise ValueError(f"{path}: checkpoint does not match its config.json; " + "; ".join(parts))
+    model.init_rope()
+    return model.eval()
+
+
+def save_pretrained(model: Transformer, path, dtype=None):
+    """Writes config.json + model.safetensors in Hugging Face layout (tied checkpoints omit lm_head.weight)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    dtype = dtype or model.model.embed_tokens.weight.dtype
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(model.args.to_hf_config(dtype), indent=2))
+
+
+def load_tokenizer(path):
+    """The `tokenizers.Tokenizer` in `path/tokenizer.json` (the model's EOS id is `model.args.eos_id`)."""
+    from tokenizers import Tokenizer
+
+    f = Path(path) / "tokenizer.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: no such file (expected the model's tokenizer.json)")
+    return Tokenizer.from_file(str(f))
+
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+
+@dataclass
+class Generation:
+    tokens: list[list[int]]      # new tokens of each prompt, up to and including EOS
+    logprobs: list[list[float]]  # log-probability of each new token under the distribution it was drawn from
+
+
+def filter_probs(probs, top_k: int = 0, top_p: float = 1.0):
+    """Zeroes the probabilities outside the top-k tokens and outside the smallest set whose mass reaches top_p
+    (the most likely token always stays). `probs` [B, V] need not be normalised."""
+    if top_k and top_k < probs.shape[-1]:
+        kth = probs.topk(top_k, dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_p.cumsum(-1) - sorted_p
+        drop = mass_before >= top_p * sorted_p.sum(-1, keepdim=True)
+        probs = probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
+    return probs
+
+
+def sample(logits, temperature, top_k, top_p, generator):
+    """One token per row and its log-probability under softmax(logits / temperature), before truncation.
+    Inverse-CDF sampling: one exp pass and one cumsum, cheaper than torch.multinomial over a large vocabulary."""
+    logits = logits.float()
+    if temperature == 0:
+        token = logits.argmax(-1)
+        return token, logits.gather(-1, token[:, None])[:, 0] - logits.logsumexp(-1)
+    scaled = logits / temperature
+    m = scaled.max(-1, keepdim=True).values
+    e = (scaled - m).exp()
+    log_z = m[:, 0] + e.sum(-1).log()
+    cdf = filter_probs(e, top_k, top_p).cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=cdf.shape[-1] - 1)
+    return token, scaled.gather(-1, token[:, None])[:, 0] - log_z
+
+
+def decode_logits(model, token, idx, key_valid, pad_len):
+    """One decode step for the whole batch: token [B, 1] at cache index idx [1] -> logits [B, vocab].
+    Only static shapes and device tensors, so it compiles into one CUDA graph."""
+    S = key_valid.shape[1]
+    positions = (idx - pad_len)[:, None]  # left padding shifts each row's positions
+    mask = (key_valid & (torch.arange(S, device=idx.device) <= idx))[:, None, None, :]
+    return model.output(model.hidden(token, positions=positions, mask=mask, cache_idx=idx))[:, -1]
+
+
+_compiled = {}
+
+
+def compiled_decode(device_type: str):
+    """torch.compile'd decode step: CUDA graphs on GPU (per-token launch overhead gone). On CPU eager is used:
+    measured on 2 cores, compile did not pay back its warm-up for our sizes (see BENCHMARKS.md)."""
+    if device_type != "cuda":
+        return decode_logits
+    if device_type not in _compiled:
+        _compiled[device_type] = torch.compile(decode_logits, mode="reduce-overhead", fullgraph=True)
+    return _compiled[device_type]
+
+
+CACHE_ROUND = 128  # cache length rounded up, so batches of similar prompt lengths reuse one compiled graph
+EOS_CHECK_EVERY = 16  # steps between host syncs that look whether every row is done
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompts, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int = 0, eos_id: int | None = None, seed: int | None = None, compile: bool | None = None,
+             pad_id: int = 0) -> Generation:
+    """Samples continuations of a ragged batch of prompts (lists of token ids) with a static KV cache.
+
+    Prompts are left-padded; each row gets its own positions and key mask. Prefill runs once, then one token per
+    step for the whole batch. A row stops at `eos_id` (kept as its last token); generation stops when every row has
+    stopped or after `max_new_tokens`. temperature 0 is greedy. `seed` seeds a private torch.Generator (the global
+    RNG is not touched). `compile` (default: on CUDA only) runs the decode step under torch.compile + CUDA graphs.
+    """
+    if not prompts:
+        raise ValueError("no prompts")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k}")
+    B, P = len(prompts), max(len(p) for p in prompts)
+    if P + max_new_tokens > model.args.max_seq_len:
+        raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"context of {model.args.max_seq_len} tokens")
+    device = model.model.embed_tokens.weight.device
+    compile = device.type == "cuda" if compile is None else compile
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,)).item()))
+
+    S = min(-(-(P + max_new_tokens) // CACHE_ROUND) * CACHE_ROUND, model.args.max_seq_len)
+    if model.cache_shape() != (B, S, model.model.embed_tokens.weight.dtype):
+        model.setup_cache(B, S)
+    tokens = torch.full((B, P), pad_id, dtype=torch.long)
+    key_valid = torch.zeros(B, S, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p):] = torch.tensor(p)
+        key_valid[i, P - len(p):] = True
+    key_valid[:, P:] = True  # generated positions; causality (index <= idx) hides the future ones
+    tokens, key_valid = tokens.to(device), key_valid.to(device)
+    pad_len = (~key_valid[:, :P]).sum(-1)
+
+    # prefill: the whole prompt at once, written to cache slots 0..P-1
+    prompt_mask = key_valid[:, :P]
+    mask = padding_mask(prompt_mask)
+    mask = F.pad(mask, (0, S - P), value=False)  # keys beyond the prompt: not yet written
+    h = model.hidden(tokens, positions=positions_of(prompt_mask), mask=mask,
+                     cache_idx=torch.arange(P, device=device))
+    logits = model.output(h[:, -1])
+
+    step = compiled_decode(device.type) if compile else decode_logits
+    out_tok = torch.full((B, max_new_tokens), eos_id if eos_id is not None else pad_id, dtype=torch.long, device=device)
+    out_lp = torch.zeros(B, max_new_tokens, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    n = max_new_tokens
+    for t in range(max_new_tokens):
+        token, logp = sample(logits, temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            token = token.masked_fill(done, eos_id)  # finished rows keep emitting EOS, dropped below
+            done |= token == eos_id
+        out_tok[:, t], out_lp[:, t] = token, logp
+        if t == max_new_tokens - 1 or (eos_id is not None and (t + 1) % EOS_CHECK_EVERY == 0 and bool(done.all())):
+            n = t + 1
+            break
+        idx = torch.tensor([P + t], device=device)
+        if compile:
+            torch.compiler.cudagraph_mark_step_begin()
+        logits = step(model, token[:, None], idx, key_valid, pad_len).clone()
+
+    toks, lps = out_tok[:, :n].tolist(), out_lp[:, :n].tolist()
+    result = Generation([], [])
+    for row, lp in zip(toks, lps):
+        end = row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row)
+        result.tokens.append(row[:end])
+        result.logprobs.append(lp[:end])
+    return result
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Sample from a Qwen2 checkpoint folder.")
+    ap.add_argument("checkpoint")
+    ap.add_argument("prompt")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args()
+    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    m = Transformer.from_pretrained(a.checkpoint, device=a.device, dtype=dtype)
+    tk = load_tokenizer(a.checkpoint)
+    t0 = time.time()
+    g = generate(m, [tk.encode(a.prompt).ids], a.max_new_tokens, a.temperature, eos_id=m.args.eos_id, seed=0)
+    print(a.prompt + tk.decode(g.tokens[0], skip_special_tokens=False))
+    print(f"[{len(g.tokens[0])} tokens in {time.time() - t0:.2f}s]")

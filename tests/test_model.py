@@ -1,0 +1,319 @@
+"""model.py against outside oracles: `transformers` Qwen2ForCausalLM for logits and greedy generation, a full
+forward recomputation for the KV-cached sampler, and hand-computed cases for the sampling filters."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import model as M
+
+transformers = pytest.importorskip("transformers")
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+VOCAB = 101
+
+
+def hf_model(tmp_path, n_heads=4, n_kv=2, tied=False, theta=10000.0, layers=2, dim=64, seed=0, shard=False,
+             max_pos=256):
+    """A random-weight HF Qwen2 saved to tmp_path (all weights, biases and norms perturbed, so nothing is 0/1)."""
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
+                      num_attention_heads=n_heads, num_key_value_heads=n_kv, max_position_embeddings=max_pos,
+                      rope_theta=theta, tie_word_embeddings=tied, eos_token_id=3)
+    hf = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.1)
+        for n, p in hf.named_parameters():
+            if "norm" in n:
+                p.add_(1.0)
+    hf.save_pretrained(tmp_path, max_shard_size="40KB" if shard else "5GB")
+    return hf
+
+
+CONFIGS = [  # (heads, kv heads, tied, theta, sharded): GQA ratios 1, 2, 4 and MQA
+    (4, 4, False, 10000.0, False),
+    (4, 2, True, 1e6, False),
+    (8, 2, False, 500.0, True),
+    (4, 1, True, 10000.0, True),
+    (8, 1, False, 1e6, False),
+]
+
+
+@pytest.mark.parametrize("n_heads,n_kv,tied,theta,shard", CONFIGS)
+def test_logits_match_transformers(tmp_path, n_heads, n_kv, tied, theta, shard):
+    hf = hf_model(tmp_path, n_heads, n_kv, tied, theta, shard=shard)
+    if shard:
+        assert (tmp_path / "model.safetensors.index.json").exists()
+    m = M.Transformer.from_pretrained(tmp_path)
+    assert m.args.n_kv_heads == n_kv and m.args.tie_embeddings == tied and m.args.rope_theta == theta
+    x = torch.randint(0, VOCAB, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, ours = hf(x).logits, m(x)
+    assert ours.shape == (3, 40, VOCAB)
+    assert (ref - ours).abs().max().item() <= 1e-4
+
+
+def test_transformers_4x_config_style(tmp_path):
+    """Qwen2.5 checkpoints ship top-level rope_theta / torch_dtype (transformers 4.x); 5.x writes rope_parameters."""
+    hf = hf_model(tmp_path, theta=1e6)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert "rope_parameters" in cfg  # what transformers 5.x wrote
+    old = {k: v for k, v in cfg.items() if k not in ("rope_parameters", "layer_types", "dtype")}
+    old.update(rope_theta=1e6, torch_dtype="float32", sliding_window=32768, use_sliding_window=False)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    m = M.Transformer.from_pretrained(tmp_path)
+    assert m.args.rope_theta == 1e6
+    x = torch.randint(0, VOCAB, (2, 30))
+    with torch.no_grad():
+        assert (hf(x).logits - m(x)).abs().max().item() <= 1e-4
+
+
+def test_bf16_load_converts_dtype(tmp_path):
+    hf = hf_model(tmp_path)
+    m = M.Transformer.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in m.parameters())
+    x = torch.randint(0, VOCAB, (2, 24))
+    with torch.no_grad():
+        ref, ours = hf(x).logits, m(x).float()
+    assert torch.isfinite(ours).all()
+    rel = (ref - ours).norm() / ref.norm()
+    assert rel < 0.03, rel  # bf16 has 8 bits of mantissa
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    hf_model(tmp_path / "a", tied=False)
+    m = M.Transformer.from_pretrained(tmp_path / "a")
+    M.save_pretrained(m, tmp_path / "b")
+    hf2 = Qwen2ForCausalLM.from_pretrained(tmp_path / "b").eval()
+    m2 = M.Transformer.from_pretrained(tmp_path / "b")
+    x = torch.randint(0, VOCAB, (2, 16))
+    with torch.no_grad():
+        assert (hf2(x).logits - m(x)).abs().max().item() <= 1e-4
+        assert torch.equal(m2(x), m(x))
+
+
+def test_ragged_batch_equals_rows_alone(tmp_path):
+    hf_model(tmp_path)
+    m = M.Transformer.from_pretrained(tmp_path)
+    rows = [torch.randint(0, VOCAB, (n,)) for n in (12, 5, 9)]
+    T = 12
+    x = torch.zeros(3, T, dtype=torch.long)
+    pad = torch.zeros(3, T, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        x[i, T - len(r):], pad[i, T - len(r):] = r, True
+    with torch.no_grad():
+        batched = m(x, pad)
+        for i, r in enumerate(rows):
+            alone = m(r[None])
+            assert (batched[i, T - len(r):] - alone[0]).abs().max().item() <= 1e-5
+    assert torch.isfinite(batched).all()  # pad rows must not be NaN
+
+
+# -----------------------------------------------------------------------------
+# The sampler
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    hf = hf_model(d, n_heads=4, n_kv=2, tied=True, theta=10000.0, layers=2)
+    return hf, M.Transformer.from_pretrained(d)
+
+
+PROMPTS = [[5, 17, 33, 2, 9, 41, 7], [11, 60], [90, 4, 4, 8, 15, 16, 23, 42, 1, 13, 72], [30]]
+
+
+def test_greedy_equals_full_recomputation(pair):
+    _, m = pair
+    out = M.generate(m, PROMPTS, 12, temperature=0)
+    for p, toks, lps in zip(PROMPTS, out.tokens, out.logprobs):
+        assert len(toks) == 12
+        seq = list(p)
+        for tok, lp in zip(toks, lps):
+            with torch.no_grad():
+                logits = m(torch.tensor([seq]))[0, -1]
+            assert tok == int(logits.argmax())
+            assert abs(lp - float(torch.log_softmax(logits, -1)[tok])) <= 1e-4
+            seq.append(tok)
+
+
+def test_greedy_ragged_matches_transformers_generate(pair):
+    hf, m = pair
+    out = M.generate(m, PROMPTS, 16, temperature=0)
+    for p, toks, lps in zip(PROMPTS, out.tokens, out.logprobs):
+        ref = hf.generate(torch.tensor([p]), max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0,
+                          output_logits=True, return_dict_in_generate=True)
+        assert ref.sequences[0, len(p):].tolist() == toks
+        ref_lp = [float(torch.log_softmax(l[0].float(), -1)[t]) for l, t in zip(ref.logits, toks)]
+        assert max(abs(a - b) for a, b in zip(ref_lp, lps)) <= 1e-4
+
+
+def test_sampled_logprobs_are_untruncated_tempered(pair):
+    _, m = pair
+    out = M.generate(m, PROMPTS, 8, temperature=0.7, top_k=5, top_p=0.9, seed=3)
+    for p, toks, lps in zip(PROMPTS, out.tokens, out.logprobs):
+        seq = list(p)
+        for tok, lp in zip(toks, lps):
+            with torch.no_grad():
+                logits = m(torch.tensor([seq]))[0, -1]
+            assert abs(lp - float(torch.log_softmax(logits / 0.7, -1)[tok])) <= 1e-4
+            assert tok in logits.topk(5).indices.tolist()  # top-k respected
+            seq.append(tok)
+
+
+def test_eos_stops_rows_independently_and_early(pair):
+    _, m = pair
+    free = M.generate(m, PROMPTS, 20, temperature=0)
+    eos = free.tokens[0][4]  # row 0 produces this token at step 4
+    out = M.generate(m, PROMPTS, 20, temperature=0, eos_id=eos)
+    for full, toks in zip(free.tokens, out.tokens):
+        end = full.index(eos) + 1 if eos in full else len(full)
+        assert toks == full[:end]  # EOS kept as last token; others run to max length
+    assert out.tokens[0][-1] == eos and len(out.tokens[0]) <= 5
+
+
+def test_early_stop_when_all_rows_done(pair, monkeypatch):
+    _, m = pair
+    calls = []
+    real = M.decode_logits
+    monkeypatch.setattr(M, "decode_logits", lambda *a: calls.append(1) or real(*a))
+    first = M.generate(m, [[5, 6]], 1, temperature=0).tokens[0][0]
+    calls.clear()
+    out = M.generate(m, [[5, 6], [5, 6]], 200, temperature=0, eos_id=first)
+    assert out.tokens == [[first], [first]]
+    assert len(calls) < M.EOS_CHECK_EVERY + 1  # stopped within one check interval, not after 200 steps
+
+
+def test_seed_reproducible_and_no_global_rng_side_effect(pair):
+    _, m = pair
+    state = torch.get_rng_state()
+    a = M.generate(m, PROMPTS, 10, temperature=1.0, seed=7)
+    assert torch.equal(state, torch.get_rng_state())
+    b = M.generate(m, PROMPTS, 10, temperature=1.0, seed=7)
+    c = M.generate(m, PROMPTS, 10, temperature=1.0, seed=8)
+    assert a.tokens == b.tokens and a.logprobs == b.logprobs
+    assert a.tokens != c.tokens
+
+
+def test_sampling_follows_the_distribution():
+    """Empirical frequencies of `sample` over many rows match softmax(logits / T) (and the truncated versions)."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    n = 200_000
+    g = torch.Generator().manual_seed(0)
+    for T, k, p in [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8)]:
+        tok, lp = M.sample(logits.expand(n, -1), T, k, p, g)
+        probs = torch.softmax(logits / T, -1)
+        target = M.filter_probs(probs[None], k, p)[0]
+        target = target / target.sum()
+        freq = torch.bincount(tok, minlength=6).float() / n
+        assert (freq - target).abs().max() < 0.006, (T, k, p, freq, target)
+        assert torch.allclose(lp, torch.log(probs[tok]), atol=1e-5)
+
+
+def test_filter_probs_by_hand():
+    p = torch.tensor([[0.1, 0.4, 0.2, 0.3]])
+
+    def kept(**kw):
+        out = M.filter_probs(p, **kw)
+        assert torch.equal(out[out > 0], p[out > 0])  # kept entries are untouched
+        return (out > 0).int().tolist()[0]
+
+    assert kept(top_k=2) == [0, 1, 0, 1]
+    # sorted 0.4, 0.3, 0.2, 0.1: mass before each 0, .4, .7, .9; top_p .7 keeps the first two
+    assert kept(top_p=0.7) == [0, 1, 0, 1]
+    assert kept(top_p=0.71) == [0, 1, 1, 1]
+    assert kept(top_p=0.01) == [0, 1, 0, 0]  # the top token always stays
+    assert kept(top_k=3, top_p=0.5) == [0, 1, 0, 1]
+    assert kept(top_k=1) == [0, 1, 0, 0]
+    assert kept() == [1, 1, 1, 1]
+
+
+# -----------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_input_errors(tmp_path, pair):
+    _, m = pair
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        M.Transformer.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        M.generate(m, [[1], []], 4)
+    with pytest.raises(ValueError, match="exceeds the model's context of 256"):
+        M.generate(m, [[1] * 250], 10)
+    with pytest.raises(ValueError, match="no prompts"):
+        M.generate(m, [], 4)
+
+
+@pytest.mark.parametrize("patch,message", [
+    ({"model_type": "llama"}, "model_type 'llama' is not supported"),
+    ({"rope_scaling": {"type": "yarn", "factor": 4.0}}, "rope_scaling"),
+    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
+    ({"rope_parameters": {"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}}, "rope_type 'linear'"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"architectures": ["Qwen2ForSequenceClassification"]}, "architectures"),
+])
+def test_unsupported_config(tmp_path, patch, message):
+    hf_model(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(patch)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=message):
+        M.Transformer.from_pretrained(tmp_path)
+
+
+def test_missing_unexpected_misshaped_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf_model(tmp_path)
+    f = tmp_path / "model.safetensors"
+    sd = load_file(f)
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    sd["model.layers.0.self_attn.k_proj.bias"] = torch.zeros(7)
+    sd["model.extra.weight"] = torch.zeros(2)
+    save_file(sd, f)
+    with pytest.raises(ValueError) as e:
+        M.Transformer.from_pretrained(tmp_path)
+    msg = str(e.value)
+    assert "missing 2: model.layers.0.self_attn.k_proj.bias, model.layers.1.mlp.up_proj.weight" in msg
+    assert "unexpected 1: model.extra.weight" in msg
+    assert "model.layers.0.self_attn.k_proj.bias: (7,)" in msg and "expected (32,)" in msg
+
+
+def test_missing_shard_and_weights(tmp_path):
+    hf_model(tmp_path, shard=True)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    victim = sorted(set(index["weight_map"].values()))[1]
+    (tmp_path / victim).unlink()
+    with pytest.raises(FileNotFoundError, match=victim):
+        M.Transformer.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors.index.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        M.Transformer.from_pretrained(tmp_path)
+
+
+def test_load_tokenizer(tmp_path):
+    from pathlib import Path
+
+    shared = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "qwen2-tokenizer"
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        M.load_tokenizer(tmp_path)
+    if not shared.exists():
+        pytest.skip("../shared is absent")
+    tok = M.load_tokenizer(shared)
+    assert tok.encode("<|im_start|>hello<|im_end|>").ids == [151644, 14990, 151645]
+    assert tok.token_to_id("<|endoftext|>") == 151643
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_cuda_sampler_matches_eager(pair):
+    _, m = pair
+    m = m.to("cuda")
+    a = M.generate(m, PROMPTS, 24, temperature=0, compile=False)
+    b = M.generate(m, PROMPTS, 24, temperature=0, compile=True)
+    assert a.tokens == b.tokens
+    assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-3
