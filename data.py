@@ -1,0 +1,536 @@
+"""
+Data for med-rlvr: multiple-choice QA items, loaders for the stored formats, prompt templates, tokenising,
+sharding, and a synthetic drug-disease task (with its tiny tokenizer) for the CPU demo.
+
+Every loader returns a list of `Item`: question, ordered options {"A": text, "B": text, ...}, gold letter,
+an id and a source (the subgroup used for per-source accuracy). Formats (see ../shared/data/SOURCES.md):
+
+  medqa      jsonl  question, options {A..}, answer_idx, meta_info            (jind11/MedQA)
+  mmlu_pro   jsonl  question_id, question, options [3-10], answer and/or answer_index, src
+  medmcqa    jsonl  question, choices ["A. text", ...], answer (0-based int)
+  mmlu_csv   csv    no header: question, A, B, C, D, answer letter; subject from the file name (anatomy_test.csv)
+  medagents  jsonl  realidx, question, options {A..}, answer_idx, subject
+  pubmedqa   json   one object PMID -> {QUESTION, CONTEXTS, final_decision}; options A=yes B=no C=maybe and the
+                    question text is the abstract's CONTEXTS joined by newlines, then a newline, then QUESTION
+  generic    jsonl  your own data, one object per line:
+                      {"question": "...", "options": {"A": "...", "B": "..."}, "answer": "B",
+                       "id": "q17", "source": "cardiology"}
+                    options: an object letter -> text (letters A, B, C, ... consecutive) or a list of texts
+                    (lettered A, B, ... in order); answer: the gold letter (never an index); id and source are
+                    optional (default "<file stem>:<line>" and the file stem). 2 to 26 options.
+
+Bad rows raise DataError "<file>:<line>: <field>: <what was expected>" (skip_bad=True skips them instead).
+
+Templates: base (User/Assistant text for base models), chat (Qwen chat markup), direct (answer letter only,
+empty reasoning pre-filled) and cot (step-by-step reasoning pre-filled); see render() and response_prefix().
+
+Run:  python data.py stats ../shared/data/medqa_usmle_4opt/phrases_no_exclude_test.jsonl --template base
+"""
+
+import argparse
+import collections
+import csv
+import dataclasses
+import io
+import json
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+FORMATS = ("medqa", "mmlu_pro", "medmcqa", "mmlu_csv", "medagents", "pubmedqa", "generic")
+TEMPLATES = ("base", "chat", "direct", "cot")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str                  # from the file (question_id, realidx, PMID) or "<file stem>:<line>"
+    question: str
+    options: dict[str, str]  # ordered letter -> text, letters "A", "B", ... consecutive
+    answer: str              # gold letter, a key of options
+    source: str              # subgroup for per-source breakdowns (MedQA step, MMLU subject, ...)
+
+
+class DataError(ValueError):
+    """A bad record; the message is always '<path>:<line>: <field>: <what was expected>'."""
+
+
+# -----------------------------------------------------------------------------
+# row validation, shared by all formats
+
+def fail(where, field, what):
+    raise DataError(f"{where}: {field}: {what}")
+
+
+def get(rec, key, kind, where):
+    # kind is a type or a tuple of types; bool is an int in Python, so it is refused explicitly
+    if key not in rec:
+        fail(where, key, "missing")
+    value = rec[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        fail(where, key, f"expected {names}, got {type(value).__name__}")
+    return value
+
+
+def text(rec, key, where):
+    value = get(rec, key, str, where)
+    if not value.strip():
+        fail(where, key, "expected non-empty text")
+    return value
+
+
+def option_texts(texts, field, where):
+    """Validate a sequence of option texts and letter them A, B, ..."""
+    if not 2 <= len(texts) <= len(LETTERS):
+        fail(where, field, f"expected 2 to {len(LETTERS)} options, got {len(texts)}")
+    for letter, t in zip(LETTERS, texts):
+        if not isinstance(t, str):
+            fail(where, f"{field}.{letter}", f"expected a string, got {type(t).__name__}")
+        if not t.strip():
+            fail(where, f"{field}.{letter}", "expected non-empty option text")
+    return dict(zip(LETTERS, texts))
+
+
+def option_dict(rec, key, where):
+    options = get(rec, key, dict, where)
+    letters = LETTERS[:len(options)]
+    if sorted(options) != list(letters):
+        fail(where, key, f"expected keys {', '.join(letters)} (consecutive letters from A), "
+                         f"got {', '.join(map(str, options))}")
+    return option_texts([options[k] for k in letters], key, where)
+
+
+def gold_letter(rec, key, options, where):
+    letter = get(rec, key, str, where)
+    if letter not in options:
+        fail(where, key, f"{letter!r} not among options A-{LETTERS[len(options) - 1]}")
+    return letter
+
+
+def check_answer_text(rec, options, letter, where):
+    # medqa/medagents also store the gold option's text; a mismatch means the row is corrupt
+    if "answer" in rec and rec["answer"] != options[letter]:
+        fail(where, "answer", f"{rec['answer']!r} is not the text of option {letter} ({options[letter]!r})")
+
+
+# -----------------------------------------------------------------------------
+# one parser per format: (record, path, line) -> Item; line is the PMID for pubmedqa
+
+def parse_medqa(rec, path, line):
+    where = f"{path}:{line}"
+    question = text(rec, "question", where)
+    options = option_dict(rec, "options", where)
+    answer = gold_letter(rec, "answer_idx", options, where)
+    check_answer_text(rec, options, answer, where)
+    source = text(rec, "meta_info", where)
+    return Item(f"{path.stem}:{line}", question, options, answer, source)
+
+
+def parse_mmlu_pro(rec, path, line):
+    where = f"{path}:{line}"
+    qid = get(rec, "question_id", (int, str), where)
+    question = text(rec, "question", where)
+    options = option_texts(get(rec, "options", list, where), "options", where)
+    if "answer" not in rec and "answer_index" not in rec:
+        fail(where, "answer", "missing (and no answer_index)")
+    if "answer_index" in rec:
+        index = get(rec, "answer_index", int, where)
+        if not 0 <= index < len(options):
+            fail(where, "answer_index", f"{index} out of range for {len(options)} options")
+        answer = LETTERS[index]
+        if "answer" in rec and rec["answer"] != answer:
+            fail(where, "answer", f"{rec['answer']!r} disagrees with answer_index {index} ({answer})")
+    else:
+        answer = gold_letter(rec, "answer", options, where)
+    return Item(str(qid), question, options, answer, text(rec, "src", where))
+
+
+def parse_medmcqa(rec, path, line):
+    where = f"{path}:{line}"
+    question = text(rec, "question", where)
+    choices = get(rec, "choices", list, where)
+    texts = []
+    for letter, choice in zip(LETTERS, choices):
+        if not isinstance(choice, str) or not choice.startswith(f"{letter}. "):
+            fail(where, f"choices.{letter}", f"expected a string starting with '{letter}. ', got {choice!r}")
+        texts.append(choice[len(f"{letter}. "):])
+    options = option_texts(texts, "choices", where)
+    index = get(rec, "answer", int, where)
+    if not 0 <= index < len(options):
+        fail(where, "answer", f"{index} out of range for {len(options)} options (0-based)")
+    return Item(f"{path.stem}:{line}", question, options, LETTERS[index], "medmcqa")
+
+
+def parse_medagents(rec, path, line):
+    where = f"{path}:{line}"
+    realidx = get(rec, "realidx", (int, str), where)
+    question = text(rec, "question", where)
+    options = option_dict(rec, "options", where)
+    answer = gold_letter(rec, "answer_idx", options, where)
+    check_answer_text(rec, options, answer, where)
+    return Item(str(realidx), question, options, answer, text(rec, "subject", where))
+
+
+def parse_generic(rec, path, line):
+    where = f"{path}:{line}"
+    question = text(rec, "question", where)
+    raw = get(rec, "options", (dict, list), where)
+    options = option_dict(rec, "options", where) if isinstance(raw, dict) else option_texts(raw, "options", where)
+    answer = gold_letter(rec, "answer", options, where)
+    item_id = str(get(rec, "id", (int, str), where)) if "id" in rec else f"{path.stem}:{line}"
+    source = text(rec, "source", where) if "source" in rec else path.stem
+    return Item(item_id, question, options, answer, source)
+
+
+def parse_mmlu_csv(row, path, line):
+    where = f"{path}:{line}"
+    if len(row) != 6:
+        fail(where, "row", f"expected 6 columns (question, A, B, C, D, answer), got {len(row)}")
+    rec = dict(zip(("question", "A", "B", "C", "D", "answer"), row))
+    question = text(rec, "question", where)
+    for letter in "ABCD":
+        text(rec, letter, where)
+    options = {letter: rec[letter] for letter in "ABCD"}
+    answer = gold_letter(rec, "answer", options, where)
+    subject = re.sub(r"_(dev|val|test|train)$", "", path.stem)  # anatomy_test.csv -> anatomy
+    return Item(f"{path.stem}:{line}", question, options, answer, subject)
+
+
+PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
+
+
+def parse_pubmedqa(rec, path, pmid):
+    where = f"{path}:{pmid}"
+    if not isinstance(rec, dict):
+        fail(where, "record", f"expected an object with QUESTION, CONTEXTS, final_decision, got {type(rec).__name__}")
+    question = text(rec, "QUESTION", where)
+    contexts = get(rec, "CONTEXTS", list, where)
+    if not all(isinstance(c, str) for c in contexts):
+        fail(where, "CONTEXTS", "expected a list of strings")
+    decision = get(rec, "final_decision", str, where)
+    letter = {v: k for k, v in PUBMEDQA_OPTIONS.items()}.get(decision)
+    if letter is None:
+        fail(where, "final_decision", f"{decision!r} is not one of yes, no, maybe")
+    return Item(str(pmid), "\n".join(contexts + [question]), dict(PUBMEDQA_OPTIONS), letter, "pubmedqa")
+
+
+PARSERS = {"medqa": parse_medqa, "mmlu_pro": parse_mmlu_pro, "medmcqa": parse_medmcqa, "mmlu_csv": parse_mmlu_csv,
+           "medagents": parse_medagents, "pubmedqa": parse_pubmedqa, "generic": parse_generic}
+
+
+# -----------------------------------------------------------------------------
+# reading files: each reader yields (line or key, thunk); calling the thunk parses one row and may raise DataError
+
+def jsonl_rows(path, content, parse):
+    def row(line, raw):
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as e:
+            fail(f"{path}:{line}", "json", f"{e.msg} (column {e.colno})")
+        if not isinstance(rec, dict):
+            fail(f"{path}:{line}", "record", f"expected a JSON object, got {type(rec).__name__}")
+        return parse(rec, path, line)
+    for line, raw in enumerate(content.splitlines(), start=1):
+        if raw.strip():
+            yield line, lambda line=line, raw=raw: row(line, raw)
+
+
+def csv_rows(path, content, parse):
+    reader = csv.reader(io.StringIO(content, newline=""))
+    start = 1
+    for row in reader:
+        if row:  # a quoted cell may span lines: report the line the row starts on
+            yield start, lambda row=row, start=start: parse(row, path, start)
+        start = reader.line_num + 1
+
+
+def pubmedqa_rows(path, content, parse):
+    try:
+        records = json.loads(content)
+    except json.JSONDecodeError as e:
+        fail(f"{path}:{e.lineno}", "json", f"{e.msg} (column {e.colno})")
+    if not isinstance(records, dict):
+        fail(f"{path}:1", "file", f"expected one JSON object PMID -> record, got {type(records).__name__}")
+    for pmid, rec in records.items():
+        yield pmid, lambda pmid=pmid, rec=rec: parse(rec, path, pmid)
+
+
+def detect_format(content):
+    """Guess the format from the file's content: csv, a dict of records keyed by PMID, or the first jsonl keys."""
+    if not content.lstrip().startswith("{"):
+        return "mmlu_csv"
+    try:
+        whole = json.loads(content)
+        if isinstance(whole, dict) and "question" not in whole:
+            return "pubmedqa"
+    except json.JSONDecodeError:
+        pass  # several lines: jsonl
+    first = next(line for line in content.splitlines() if line.strip())
+    try:
+        keys = set(json.loads(first))
+    except (json.JSONDecodeError, TypeError):
+        return "generic"  # the loader will report the bad line
+    if "choices" in keys:
+        return "medmcqa"
+    if "answer_idx" in keys:
+        return "medagents" if "subject" in keys else "medqa"
+    if "question_id" in keys or "answer_index" in keys:
+        return "mmlu_pro"
+    return "generic"
+
+
+def load_mcqa(path, fmt=None, skip_bad=False):
+    """Load a file of multiple-choice questions; fmt None detects it from content. See the module docstring."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    content = path.read_text(encoding="utf-8")
+    if not content.strip():
+        raise DataError(f"{path}:1: file: empty, expected multiple-choice records")
+    fmt = fmt or detect_format(content)
+    reader = {"mmlu_csv": csv_rows, "pubmedqa": pubmedqa_rows}.get(fmt, jsonl_rows)
+
+    items, lines, bad = [], [], []
+    for line, row in reader(path, content, PARSERS[fmt]):
+        try:
+            items.append(row())
+            lines.append(line)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            bad.append(str(e))
+    if bad:
+        print(f"{path}: skipped {len(bad)} bad rows; first: " + " | ".join(bad[:3]), file=sys.stderr)
+    if not items:
+        raise DataError(f"{path}:1: file: no valid records ({len(bad)} bad rows skipped)")
+
+    # duplicates are the user's data: keep them, but say where they are
+    label = "PMID" if fmt == "pubmedqa" else "line"
+    first_seen, repeats = {}, []
+    for item, line in zip(items, lines):
+        key = (item.question, tuple(item.options.items()))
+        if key in first_seen:
+            repeats.append(f"{label} {line} repeats {first_seen[key]}")
+        else:
+            first_seen[key] = line
+    if repeats:
+        more = f" (+{len(repeats) - 10} more)" if len(repeats) > 10 else ""
+        print(f"{path}: {len(repeats)} duplicate questions (same text and options), kept: "
+              + ", ".join(repeats[:10]) + more, file=sys.stderr)
+    return items
+
+
+# -----------------------------------------------------------------------------
+# prompt templates
+
+TAGS = "inside <think> </think> tags, then gives the letter of the single best option inside <answer> </answer> tags"
+BASE_PREAMBLE = ("The following is a conversation in which a User asks a medical multiple-choice question "
+                 f"and an Assistant answers it. The Assistant reasons about the question {TAGS}, "
+                 "as in <think> ... </think> <answer>X</answer>.")
+CHAT_SYSTEM = ("You answer medical multiple-choice questions. Reason about the question inside <think> </think> tags, "
+               "then give the letter of the single best option inside <answer> </answer> tags, "
+               "as in <think> ... </think> <answer>X</answer>.")
+DIRECT_PREAMBLE = ("The following is a conversation in which a User asks a medical multiple-choice question "
+                   "and an Assistant answers it with the letter of the single best option only.")
+COT_PREAMBLE = ("The following is a conversation in which a User asks a medical multiple-choice question "
+                f"and an Assistant answers it. The Assistant thinks step by step {TAGS}.")
+PREFIXES = {"base": "", "chat": "", "direct": "<think>\n</think>\n<answer>", "cot": "<think>\nLet's think step by step."}
+
+
+def check_template(template):
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; expected one of {', '.join(TEMPLATES)}")
+
+
+def question_block(item):
+    return item.question + "\n" + "\n".join(f"{letter}. {t}" for letter, t in item.options.items())
+
+
+def render(item, template):
+    """The full prompt text; it ends where the model's reply starts (after any pre-filled response_prefix)."""
+    check_template(template)
+    if template == "chat":
+        return (f"<|im_start|>system\n{CHAT_SYSTEM}<|im_end|>\n"
+                f"<|im_start|>user\n{question_block(item)}<|im_end|>\n<|im_start|>assistant\n")
+    if template == "base":
+        return f"{BASE_PREAMBLE}\n\nUser: {question_block(item)}\nAssistant:"
+    preamble = DIRECT_PREAMBLE if template == "direct" else COT_PREAMBLE
+    return f"{preamble}\n\nUser: {question_block(item)}\nAssistant: {PREFIXES[template]}"
+
+
+def response_prefix(template):
+    """The start of the assistant's reply that render() pre-fills; prepend it to a reply before scoring."""
+    check_template(template)
+    return PREFIXES[template]
+
+
+def sft_target(item, template):
+    """The reply a supervised model learns after render(item, template): no reasoning, just the gold letter."""
+    full = f"<think>\n</think>\n<answer>{item.answer}</answer>"
+    if template == "cot":
+        full = f"{PREFIXES['cot']}\n</think>\n<answer>{item.answer}</answer>"
+    prefix = response_prefix(template)
+    assert full.startswith(prefix)
+    return full[len(prefix):]
+
+
+# -----------------------------------------------------------------------------
+# shuffling and sharding
+
+def shuffle_options(item, rng):
+    """Permute the options with rng (a random.Random) and move the gold letter with its text."""
+    texts = list(item.options.values())
+    order = list(range(len(texts)))
+    rng.shuffle(order)  # new position i holds old option order[i]
+    gold = list(item.options).index(item.answer)
+    options = {LETTERS[i]: texts[old] for i, old in enumerate(order)}
+    return dataclasses.replace(item, options=options, answer=LETTERS[order.index(gold)])
+
+
+def shuffled(items, seed):
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    return items
+
+
+def shard(items, rank, world_size):
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} not in [0, {world_size})")
+    return list(items)[rank::world_size]
+
+
+# -----------------------------------------------------------------------------
+# tokenising
+
+def encode_prompts(items, tokenizer, template, max_prompt_len):
+    """Tokenise render(item, template) for each item; prompts over max_prompt_len tokens are dropped, never cut."""
+    items = list(items)
+    encodings = tokenizer.encode_batch([render(item, template) for item in items], add_special_tokens=False)
+    kept_items, kept_ids, too_long = [], [], []
+    for item, enc in zip(items, encodings):
+        if len(enc.ids) > max_prompt_len:
+            too_long.append(len(enc.ids))
+        else:
+            kept_items.append(item)
+            kept_ids.append(enc.ids)
+    if too_long:
+        print(f"dropped {len(too_long)} of {len(items)} prompts longer than {max_prompt_len} tokens; "
+              f"longest {max(too_long)}", file=sys.stderr)
+    return kept_items, kept_ids
+
+
+# -----------------------------------------------------------------------------
+# synthetic task: which (made-up) drug treats which (made-up) disease
+
+N_DISEASES = 16
+N_CHOICES = 4
+
+
+def made_up_names(rng, n, endings):
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    names = set()
+    while len(names) < n:
+        names.add(rng.choice(syllables) + rng.choice(syllables) + rng.choice(endings))
+    return sorted(names)
+
+
+def synthetic_task(n_train, n_heldout, seed=0):
+    """A learnable toy MCQA task. Held-out items reuse the diseases with option sets/orders never seen in training."""
+    # per disease: the gold drug plus 3 ordered distractors out of the other 15 drugs
+    capacity = N_DISEASES * 15 * 14 * 13 * N_CHOICES
+    if n_train < N_DISEASES or n_train + n_heldout > capacity:
+        raise ValueError(f"need {N_DISEASES} <= n_train and n_train + n_heldout <= {capacity}, "
+                         f"got {n_train} and {n_heldout}")
+    rng = random.Random(seed)
+    diseases = made_up_names(rng, N_DISEASES, ["sis", "tis", "mia"])
+    drugs = made_up_names(rng, N_DISEASES, ["x", "l", "n", "m"])
+    rng.shuffle(drugs)
+    cure = dict(zip(diseases, drugs))
+
+    seen = set()
+
+    def make(disease, item_id):
+        while True:
+            options = rng.sample([d for d in drugs if d != cure[disease]], N_CHOICES - 1) + [cure[disease]]
+            rng.shuffle(options)
+            key = (disease, tuple(options))
+            if key not in seen:
+                seen.add(key)
+                return Item(item_id, f"Which drug treats {disease}?", dict(zip(LETTERS, options)),
+                            LETTERS[options.index(cure[disease])], "synthetic")
+
+    train = [make(diseases[i % N_DISEASES], f"synthetic:train:{i}") for i in range(n_train)]
+    heldout = [make(rng.choice(diseases), f"synthetic:heldout:{i}") for i in range(n_heldout)]
+    rng.shuffle(train)
+
+    def keys(items):
+        return {(it.question, tuple(it.options.values())) for it in items}
+    assert not keys(train) & keys(heldout), "held-out items leaked into train"
+    return train, heldout
+
+
+THINK_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+
+
+def demo_tokenizer(texts, vocab_size=512):
+    """A small byte-level BPE trained on texts: <|endoftext|> is id 0 (EOS/pad), the think/answer tags are single
+    tokens. vocab_size is an upper bound counting every token (training stops early when nothing is left to merge):
+    size the model with get_vocab_size()."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(THINK_TAGS), special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.add_tokens(THINK_TAGS)
+    return tokenizer
+
+
+# -----------------------------------------------------------------------------
+# python data.py stats FILE
+
+def load_tokenizer(path):
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        sys.exit(f"tokenizer not found: {file} (pass --tokenizer DIR_OR_tokenizer.json)")
+    return Tokenizer.from_file(str(file))
+
+
+def stats(path, fmt, template, tokenizer_path):
+    tokenizer = load_tokenizer(tokenizer_path)
+    items = load_mcqa(path, fmt)
+    lengths = np.array([len(e.ids) for e in tokenizer.encode_batch(
+        [render(item, template) for item in items], add_special_tokens=False)])
+    print(f"file: {path}")
+    print(f"records: {len(items)}")
+    print("per source: " + ", ".join(f"{s} {n}" for s, n in collections.Counter(i.source for i in items).most_common()))
+    print("options per question: " + ", ".join(
+        f"{k}: {n}" for k, n in sorted(collections.Counter(len(i.options) for i in items).items())))
+    p50, p90, p99 = np.percentile(lengths, [50, 90, 99])
+    print(f"prompt tokens ({template}): min {lengths.min()}, mean {lengths.mean():.1f}, p50 {p50:.0f}, "
+          f"p90 {p90:.0f}, p99 {p99:.0f}, max {lengths.max()}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Inspect a multiple-choice QA file.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("stats", help="counts, sources, option counts and prompt lengths in tokens")
+    p.add_argument("file")
+    p.add_argument("--fmt", choices=FORMATS, default=None, help="default: detect from content")
+    p.add_argument("--template", choices=TEMPLATES, default="base")
+    p.add_argument("--tokenizer", default=str(Path(__file__).resolve().parent.parent / "shared/data/qwen2-tokenizer"),
+                   help="tokenizer folder or tokenizer.json (default: ../shared/data/qwen2-tokenizer)")
+    args = parser.parse_args()
+    try:
+        stats(args.file, args.fmt, args.template, args.tokenizer)
+    except (FileNotFoundError, DataError) as e:
+        sys.exit(f"error: {e}")

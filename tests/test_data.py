@@ -1,0 +1,419 @@
+"""
+Tests for data.py. Expected values come from independent references: the raw files parsed here with json/csv
+directly, the counts stated in ../shared/data/SOURCES.md, PubMedQA's separate ground-truth file, the Qwen2
+tokenizer's known encoding, and messages written out by hand. Tests on real data skip where ../shared is absent.
+Run:
+    .venv/bin/python -m pytest -q tests/test_data.py
+"""
+
+import collections
+import csv
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import data
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+MMLU_CSV_COUNTS = {  # SOURCES.md, hendrycks_test_785eba5
+    "dev": dict(anatomy=5, clinical_knowledge=5, college_biology=5, college_medicine=5, medical_genetics=5,
+                professional_medicine=5),
+    "val": dict(anatomy=14, clinical_knowledge=29, college_biology=16, college_medicine=22, medical_genetics=11,
+                professional_medicine=31),
+    "test": dict(anatomy=135, clinical_knowledge=265, college_biology=144, college_medicine=173, medical_genetics=100,
+                 professional_medicine=282),
+}
+REAL_FILES = [
+    ("medqa_usmle_4opt/phrases_no_exclude_dev.jsonl", "medqa", 1272),
+    ("medqa_usmle_4opt/phrases_no_exclude_test.jsonl", "medqa", 1273),
+    ("mmlu_pro_health/mmlu_pro_test_health.jsonl", "mmlu_pro", 818),
+    ("medmcqa/validation.jsonl", "medmcqa", 4183),
+    ("mmlu/medagents_mmlu_medical_test.jsonl", "medagents", 1089),
+    ("pubmedqa/ori_pqal.json", "pubmedqa", 1000),
+] + [(f"mmlu/hendrycks_test_785eba5/{split}/{subject}_{split}.csv", "mmlu_csv", n)
+     for split, counts in MMLU_CSV_COUNTS.items() for subject, n in counts.items()]
+
+
+def real(rel):
+    if not DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return DATA / rel
+
+
+def raw_gold_texts(path, fmt):
+    """The gold option's text for every record, read straight from the file without data.py."""
+    if fmt == "mmlu_csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return [row[1 + "ABCD".index(row[5])] for row in csv.reader(f)]
+    if fmt == "pubmedqa":
+        return [rec["final_decision"] for rec in json.loads(path.read_text()).values()]
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if fmt in ("medqa", "medagents"):
+        return [rec["answer"] for rec in recs]  # the stored answer text, a field data.py does not read from
+    if fmt == "mmlu_pro":
+        return [rec["options"][rec["answer_index"]] for rec in recs]
+    if fmt == "medmcqa":
+        return [rec["choices"][rec["answer"]][3:] for rec in recs]
+    raise AssertionError(fmt)
+
+
+# -----------------------------------------------------------------------------
+# real files
+
+@pytest.mark.parametrize("rel,fmt,count", REAL_FILES, ids=[r[0].split("/")[-1] for r in REAL_FILES])
+def test_real_file_loads(rel, fmt, count):
+    path = real(rel)
+    items = data.load_mcqa(path)
+    assert len(items) == count
+    assert data.load_mcqa(path, fmt) == items  # detection picked the right format
+    assert len({it.id for it in items}) == count
+    for it in items:
+        assert it.question.strip()
+        assert list(it.options) == list("ABCDEFGHIJ"[:len(it.options)])
+        assert it.answer in it.options
+    assert [it.options[it.answer] for it in items] == raw_gold_texts(path, fmt)
+
+
+def test_real_sources_match_sources_md():
+    medagents = data.load_mcqa(real("mmlu/medagents_mmlu_medical_test.jsonl"))
+    assert collections.Counter(it.source for it in medagents) == dict(
+        professional_medicine=272, clinical_knowledge=265, college_medicine=173, college_biology=144, anatomy=135,
+        medical_genetics=100)
+    pro = data.load_mcqa(real("mmlu_pro_health/mmlu_pro_test_health.jsonl"))
+    assert collections.Counter(it.source for it in pro) == {
+        "ori_mmlu-" + k: n for k, n in dict(professional_medicine=254, nutrition=179, human_aging=86, anatomy=79,
+                                            clinical_knowledge=72, medical_genetics=54, college_medicine=48,
+                                            virology=46).items()}
+    assert collections.Counter(len(it.options) for it in pro)[10] == 598
+    medmcqa = data.load_mcqa(real("medmcqa/validation.jsonl"))
+    assert collections.Counter(it.answer for it in medmcqa) == dict(A=1348, B=1085, C=925, D=825)
+    raw = [json.loads(line) for line in real("medmcqa/validation.jsonl").read_text().splitlines()]
+    assert [list(it.options.values()) for it in medmcqa] == [[c[3:] for c in r["choices"]] for r in raw]
+    medqa = data.load_mcqa(real("medqa_usmle_4opt/phrases_no_exclude_test.jsonl"))
+    assert set(it.source for it in medqa) == {"step1", "step2&3"}
+    csv_items = data.load_mcqa(real("mmlu/hendrycks_test_785eba5/test/clinical_knowledge_test.csv"))
+    assert {it.source for it in csv_items} == {"clinical_knowledge"}
+
+
+def test_real_pubmedqa_agrees_with_ground_truth_file():
+    items = {it.id: it for it in data.load_mcqa(real("pubmedqa/ori_pqal.json"))}
+    truth = json.loads(real("pubmedqa/test_ground_truth.json").read_text())
+    assert len(truth) == 500
+    for pmid, label in truth.items():
+        it = items[pmid]
+        assert it.options == {"A": "yes", "B": "no", "C": "maybe"}
+        assert it.options[it.answer] == label
+    raw = json.loads(real("pubmedqa/ori_pqal.json").read_text())["21645374"]
+    assert items["21645374"].question == "\n".join(raw["CONTEXTS"] + [raw["QUESTION"]])
+    assert collections.Counter(it.answer for it in items.values()) == dict(A=552, B=338, C=110)
+
+
+def test_real_label_file_is_rejected_clearly():
+    path = real("pubmedqa/test_ground_truth.json")
+    with pytest.raises(data.DataError, match=re.escape(f"{path}:12377809: record: expected an object")):
+        data.load_mcqa(path)
+
+
+def test_real_duplicates_reported(capsys):
+    data.load_mcqa(real("mmlu_pro_health/mmlu_pro_test_health.jsonl"))
+    assert "95 duplicate questions" in capsys.readouterr().err  # SOURCES.md: 95 rows repeat another row
+    data.load_mcqa(real("mmlu/medagents_mmlu_medical_test.jsonl"))
+    assert "78 duplicate questions" in capsys.readouterr().err
+
+
+def test_qwen_tokenizer_known_encoding():
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(real("qwen2-tokenizer/tokenizer.json")))
+    assert tok.encode("<|im_start|>hello<|im_end|>", add_special_tokens=False).ids == [151644, 14990, 151645]
+
+
+def test_stats_command_runs():
+    path = real("medqa_usmle_4opt/phrases_no_exclude_dev.jsonl")
+    out = subprocess.run([sys.executable, "data.py", "stats", str(path)], cwd=Path(data.__file__).parent,
+                         capture_output=True, text=True, check=True).stdout
+    assert "records: 1272" in out and "options per question: 4: 1272" in out
+    assert re.search(r"prompt tokens \(base\): min \d+, mean [\d.]+, p50 \d+, p90 \d+, p99 \d+, max \d+", out)
+
+
+# -----------------------------------------------------------------------------
+# malformed files
+
+MEDQA_ROW = {"question": "Q?", "answer": "y", "options": {"A": "x", "B": "y", "C": "z", "D": "w"},
+             "meta_info": "step1", "answer_idx": "B"}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def expect_error(path, message, fmt=None):
+    with pytest.raises(data.DataError) as e:
+        data.load_mcqa(path, fmt)
+    assert str(e.value) == message
+
+
+def test_bad_json_reports_line_after_blank_lines(tmp_path):
+    p = write_jsonl(tmp_path / "medqa_dev.jsonl", [MEDQA_ROW, "", '{"question": "Q?", oops}'])
+    with pytest.raises(data.DataError, match=rf"^{re.escape(str(p))}:3: json: Expecting property name"):
+        data.load_mcqa(p, "medqa")
+
+
+def test_answer_not_among_options_exact_message(tmp_path):
+    p = write_jsonl(tmp_path / "medqa_dev.jsonl", [MEDQA_ROW] * 16 + [{**MEDQA_ROW, "answer_idx": "E"}])
+    expect_error(p, f"{p}:17: answer_idx: 'E' not among options A-D")
+
+
+def test_missing_field(tmp_path):
+    row = dict(MEDQA_ROW)
+    del row["meta_info"]
+    expect_error(write_jsonl(tmp_path / "m.jsonl", [MEDQA_ROW, row]), f"{tmp_path / 'm.jsonl'}:2: meta_info: missing",
+                 "medqa")
+
+
+def test_empty_question(tmp_path):
+    p = write_jsonl(tmp_path / "g.jsonl", [{"question": "  ", "options": ["a", "b"], "answer": "A"}])
+    expect_error(p, f"{p}:1: question: expected non-empty text")
+
+
+def test_wrong_types(tmp_path):
+    p = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "options": "a b c", "answer": "A"}])
+    expect_error(p, f"{p}:1: options: expected dict or list, got str")
+    p = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "options": ["a", "b"], "answer": 1}])
+    expect_error(p, f"{p}:1: answer: expected str, got int")  # list options take a letter, never an index
+    p = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "options": ["a", 7], "answer": "A"}])
+    expect_error(p, f"{p}:1: options.B: expected a string, got int")
+    p = write_jsonl(tmp_path / "p.jsonl", [{"question_id": 1, "question": "Q", "options": ["a", "b", "c"],
+                                            "answer": "B", "answer_index": True, "src": "s"}])
+    expect_error(p, f"{p}:1: answer_index: expected int, got bool")
+    p = write_jsonl(tmp_path / "l.jsonl", [[1, 2]])
+    expect_error(p, f"{p}:1: record: expected a JSON object, got list", "generic")
+
+
+def test_option_checks(tmp_path):
+    p = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "options": {"A": "a", "C": "c"}, "answer": "A"}])
+    expect_error(p, f"{p}:1: options: expected keys A, B (consecutive letters from A), got A, C")
+    p = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "options": ["only"], "answer": "A"}])
+    expect_error(p, f"{p}:1: options: expected 2 to 26 options, got 1")
+    p = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "options": ["a", " "], "answer": "A"}])
+    expect_error(p, f"{p}:1: options.B: expected non-empty option text")
+    p = write_jsonl(tmp_path / "p.jsonl", [{"question_id": 1, "question": "Q", "options": ["a", "b", "c"],
+                                            "answer": "B", "answer_index": 2, "src": "s"}])
+    expect_error(p, f"{p}:1: answer: 'B' disagrees with answer_index 2 (C)")
+    p = write_jsonl(tmp_path / "mc.jsonl", [{"question": "Q", "choices": ["A. a", "b", "C. c", "D. d"], "answer": 0}])
+    expect_error(p, f"{p}:1: choices.B: expected a string starting with 'B. ', got 'b'")
+    p = write_jsonl(tmp_path / "m.jsonl", [{**MEDQA_ROW, "answer": "x"}])
+    expect_error(p, f"{p}:1: answer: 'x' is not the text of option B ('y')")
+
+
+def test_bad_csv_rows(tmp_path):
+    p = tmp_path / "anatomy_test.csv"
+    # row 1 spans lines 1-2 (quoted newline), so the short row starts on line 3
+    p.write_text('"two\nlines",a,b,c,d,A\nq,a,b,c,B\n')
+    expect_error(p, f"{p}:3: row: expected 6 columns (question, A, B, C, D, answer), got 5")
+    p.write_text("q,a,b,c,d,A\nq2,a,b,c,d,E\n")
+    expect_error(p, f"{p}:2: answer: 'E' not among options A-D")
+    p.write_text("q,a,,c,d,A\n")
+    expect_error(p, f"{p}:1: B: expected non-empty text")
+
+
+def test_pubmedqa_error_names_the_record_key(tmp_path):
+    p = tmp_path / "pq.json"
+    p.write_text(json.dumps({"111": {"QUESTION": "Q?", "CONTEXTS": ["c"], "final_decision": "yes"},
+                             "222": {"QUESTION": "Q?", "CONTEXTS": ["c"], "final_decision": "perhaps"}}))
+    expect_error(p, f"{p}:222: final_decision: 'perhaps' is not one of yes, no, maybe")
+
+
+def test_skip_bad_skips_and_counts(tmp_path, capsys):
+    bad = [{**MEDQA_ROW, "answer_idx": "Z"}, "{not json", {**MEDQA_ROW, "question": ""}]
+    rows = [{**MEDQA_ROW, "question": f"Q{i}?"} for i in range(7)]
+    p = write_jsonl(tmp_path / "m.jsonl", rows[:2] + bad[:1] + rows[2:5] + bad[1:] + rows[5:])
+    with pytest.raises(data.DataError, match=re.escape(f"{p}:3: answer_idx")):
+        data.load_mcqa(p)
+    items = data.load_mcqa(p, skip_bad=True)
+    assert [it.question for it in items] == [f"Q{i}?" for i in range(7)]
+    err = capsys.readouterr().err
+    assert "skipped 3 bad rows" in err and f"{p}:3: answer_idx" in err and f"{p}:7: json" in err
+    p = write_jsonl(tmp_path / "allbad.jsonl", bad)
+    with pytest.raises(data.DataError, match="no valid records"):
+        data.load_mcqa(p, "medqa", skip_bad=True)
+
+
+def test_duplicates_reported_with_lines_and_kept(tmp_path, capsys):
+    a, b = {"question": "Q1", "options": ["x", "y"], "answer": "A"}, {"question": "Q2", "options": ["x", "y"], "answer": "B"}
+    same_text_other_options = {"question": "Q1", "options": ["x", "z"], "answer": "A"}
+    p = write_jsonl(tmp_path / "g.jsonl", [a, b, "", a, same_text_other_options, b])
+    assert len(data.load_mcqa(p)) == 5
+    err = capsys.readouterr().err
+    assert "2 duplicate questions" in err and "line 4 repeats 1" in err and "line 6 repeats 2" in err
+
+
+def test_generic_defaults_and_ids(tmp_path):
+    p = write_jsonl(tmp_path / "mine.jsonl", [
+        {"question": "Q1", "options": {"A": "x", "B": "y", "C": "z"}, "answer": "C", "id": 42, "source": "cardio"},
+        "",
+        {"question": "Q2", "options": ["x", "y"], "answer": "B"}])
+    assert data.load_mcqa(p) == [
+        data.Item("42", "Q1", {"A": "x", "B": "y", "C": "z"}, "C", "cardio"),
+        data.Item("mine:3", "Q2", {"A": "x", "B": "y"}, "B", "mine")]
+
+
+def test_missing_empty_and_unknown(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope.jsonl"))):
+        data.load_mcqa(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n \n")
+    expect_error(tmp_path / "empty.jsonl", f"{tmp_path / 'empty.jsonl'}:1: file: empty, expected multiple-choice records")
+    with pytest.raises(ValueError, match="medqa, mmlu_pro"):
+        data.load_mcqa(write_jsonl(tmp_path / "m.jsonl", [MEDQA_ROW]), "medqa_v2")
+
+
+# -----------------------------------------------------------------------------
+# templates
+
+ITEMS = [
+    data.Item("1", "Which vitamin deficiency causes scurvy?", {"A": "A", "B": "B12", "C": "C", "D": "D"}, "C", "s"),
+    data.Item("2", "Pick J.", {L: f"option {L}" for L in "ABCDEFGHIJ"}, "J", "s"),
+    data.Item("3", "Yes or no?", {"A": "yes", "B": "no", "C": "maybe"}, "B", "s"),
+]
+
+
+@pytest.mark.parametrize("template", data.TEMPLATES)
+def test_template_renders(template):
+    item = ITEMS[0]
+    prompt = data.render(item, template)
+    assert item.question in prompt
+    assert "A. A\nB. B12\nC. C\nD. D" in prompt
+    assert prompt.endswith(data.response_prefix(template))
+    assert "<think>" in prompt and "<answer>" in prompt
+    ending = {"base": "\nAssistant:", "chat": "<|im_end|>\n<|im_start|>assistant\n",
+              "direct": "\nAssistant: <think>\n</think>\n<answer>", "cot": "\nAssistant: <think>\nLet's think step by step."}
+    assert prompt.endswith(ending[template])
+    if template == "chat":
+        assert prompt.startswith("<|im_start|>system\n") and "<|im_start|>user\n" in prompt
+
+
+def test_sft_targets_exact():
+    item = ITEMS[0]
+    assert data.sft_target(item, "base") == data.sft_target(item, "chat") == "<think>\n</think>\n<answer>C</answer>"
+    assert data.sft_target(item, "direct") == "C</answer>"
+    assert data.response_prefix("base") == data.response_prefix("chat") == ""
+
+
+@pytest.mark.parametrize("template", data.TEMPLATES)
+def test_sft_target_scores_one_with_verifier(template):
+    import verifier  # written alongside; imported here so the other tests run without it
+    for item in ITEMS:
+        reply = data.response_prefix(template) + data.sft_target(item, template)
+        assert verifier.score(reply, item.answer, item.options).reward == 1
+        wrong = next(L for L in item.options if L != item.answer)
+        assert verifier.score(reply, wrong, item.options).reward == 0  # the letter, not just the format, counts
+
+
+def test_unknown_template_lists_templates():
+    for call in (lambda: data.render(ITEMS[0], "qwen"), lambda: data.response_prefix("qwen"),
+                 lambda: data.sft_target(ITEMS[0], "qwen")):
+        with pytest.raises(ValueError, match="base, chat, direct, cot"):
+            call()
+
+
+# -----------------------------------------------------------------------------
+# shuffling, sharding, encoding
+
+def test_shuffle_options_moves_gold_with_its_text():
+    item = ITEMS[1]
+    moved = 0
+    for seed in range(50):
+        new = data.shuffle_options(item, random.Random(seed))
+        assert new.options[new.answer] == "option J"
+        assert list(new.options) == list("ABCDEFGHIJ")
+        assert sorted(new.options.values()) == sorted(item.options.values())
+        assert (new.id, new.question, new.source) == (item.id, item.question, item.source)
+        assert new == data.shuffle_options(item, random.Random(seed))
+        moved += new.answer != "J"
+    assert moved > 40
+    # identical option texts: the gold one is tracked by position, not by text
+    twin = data.Item("t", "Q", {"A": "same", "B": "same", "C": "other"}, "B", "s")
+    for seed in range(20):
+        new = data.shuffle_options(twin, random.Random(seed))
+        assert new.options[new.answer] == "same"
+
+
+def test_shuffled_and_shard():
+    items = [data.Item(str(i), f"Q{i}", {"A": "a", "B": "b"}, "A", "s") for i in range(23)]
+    a = data.shuffled(items, seed=1)
+    assert a == data.shuffled(items, seed=1) and a != data.shuffled(items, seed=2) and a != items
+    assert sorted(a, key=lambda it: int(it.id)) == items
+    assert [it.id for it in items] == [str(i) for i in range(23)]  # input untouched
+    for world in (1, 2, 3, 8, 30):
+        shards = [data.shard(a, r, world) for r in range(world)]
+        assert sorted((it.id for s in shards for it in s), key=int) == [str(i) for i in range(23)]
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        assert shards[0][:2] == a[0:2 * world:world]
+    with pytest.raises(ValueError):
+        data.shard(a, 3, 3)
+
+
+def test_encode_prompts_drops_long_prompts_never_cuts(capsys):
+    train, _ = data.synthetic_task(64, 0, seed=0)
+    tok = data.demo_tokenizer([data.render(it, "base") for it in train])
+    items = [data.Item(str(i), "Which drug treats " + "very " * (40 * i) + "bad fever?", {"A": "a", "B": "b"},
+                       "A", "s") for i in range(6)]
+    lengths = [len(tok.encode(data.render(it, "base"), add_special_tokens=False).ids) for it in items]
+    limit = sorted(lengths)[2]  # exactly 3 prompts fit
+    kept, ids = data.encode_prompts(items, tok, "base", limit)
+    assert [it.id for it in kept] == [it.id for it, n in zip(items, lengths) if n <= limit]
+    assert ids == [tok.encode(data.render(it, "base"), add_special_tokens=False).ids for it in kept]
+    assert capsys.readouterr().err.strip() == \
+        f"dropped 3 of 6 prompts longer than {limit} tokens; longest {max(lengths)}"
+    kept, ids = data.encode_prompts(items, tok, "base", max(lengths))
+    assert len(kept) == 6 and capsys.readouterr().err == ""
+
+
+# -----------------------------------------------------------------------------
+# synthetic task and demo tokenizer
+
+def test_synthetic_task_seeded_and_disjoint():
+    train, held = data.synthetic_task(300, 100, seed=5)
+    assert (train, held) == data.synthetic_task(300, 100, seed=5)
+    assert train != data.synthetic_task(300, 100, seed=6)[0]
+    assert len(train) == 300 and len(held) == 100
+
+    def key(it):
+        return it.question, tuple(it.options.values())
+    assert not {key(it) for it in train} & {key(it) for it in held}
+    assert len({key(it) for it in train + held}) == 400
+    cure = {}
+    for it in train + held:
+        assert re.fullmatch(r"Which drug treats [a-z]+\?", it.question) and it.source == "synthetic"
+        assert list(it.options) == list("ABCD") and len(set(it.options.values())) == 4
+        disease = it.question.split()[-1][:-1]
+        assert cure.setdefault(disease, it.options[it.answer]) == it.options[it.answer]  # one drug per disease
+    assert len(cure) == 16 and len(set(cure.values())) == 16
+    assert {it.question for it in held} <= {it.question for it in train}
+    assert len({it.question for it in train}) == 16  # every disease is trained on
+    assert collections.Counter(it.answer for it in train).keys() == set("ABCD")
+    with pytest.raises(ValueError):
+        data.synthetic_task(10, 5)
+
+
+def test_demo_tokenizer_roundtrip_and_deterministic():
+    train, held = data.synthetic_task(200, 20, seed=0)
+    texts = [data.render(it, "base") + data.sft_target(it, "base") for it in train]
+    tok = data.demo_tokenizer(texts)
+    assert tok.get_vocab() == data.demo_tokenizer(texts).get_vocab()
+    assert tok.get_vocab_size() <= 512
+    assert data.demo_tokenizer(texts, vocab_size=300).get_vocab_size() == 300
+    assert tok.token_to_id("<|endoftext|>") == 0
+    tags = ["<think>", "</think>", "<answer>", "</answer>"]
+    for s in texts[:5] + [data.render(held[0], "chat"), "héllo  wörld\t🙂\n\n<think>x</think> <answer>Z</answer> "]:
+        assert tok.decode(tok.encode(s, add_special_tokens=False).ids) == s
+    ids = tok.encode("<think>\n</think>\n<answer>B</answer>", add_special_tokens=False).ids
+    assert [tok.id_to_token(i) for i in ids if tok.id_to_token(i) in tags] == tags
+    assert len(ids) == 7  # 4 tags + 2 newlines + the letter
+    names = {v for it in train for v in it.options.values()} | {it.question.split()[-1][:-1] for it in train}
+    assert max(len(tok.encode(" " + n, add_special_tokens=False).ids) for n in names) <= 3
