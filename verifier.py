@@ -1,0 +1,295 @@
+"""The reward rule: score one model reply to a multiple-choice question.
+
+This is the verifiable reward of Med-RLVR (Zhang et al. 2025): -1 if the reply breaks the
+format, 1 if its answer is the gold option, 0 if it is another option. It is the only signal
+PPO sees, so it is written to be strict: whatever it cannot resolve to exactly one offered
+option is -1, and a reply can never collect 1 for more than one gold letter.
+
+Format (the default rule, the paper's)
+  The reply holds exactly one <think>...</think> followed by exactly one <answer>...</answer>.
+  - Between </think> and <answer>: only whitespace.
+  - After </answer>: only whitespace and EOS markers (<|endoftext|>, <|im_end|>).
+  - Before <think>: anything; it is counted in Score.words_before_think, because reasoning
+    written there (the paper's "step-by-step exploit") is allowed by this rule.
+  - Tags are lower-case and exact: <THINK> or <think > is plain text, not a tag. A missing,
+    repeated, unclosed, nested or out-of-order tag is a format failure.
+  Options: strict=True also rejects any non-whitespace text before <think>;
+  min_think_words=N rejects a think block of fewer than N words. Both are off by default.
+
+Answer (the text inside <answer>...</answer>, stripped)
+  It must name exactly one offered letter. Accepted, for gold C of options ABCD:
+      C    C.    C:    C)    (C)    [C]    **C**    Option C
+      C. Ceftriaxone    C: Ceftriaxone    C) Ceftriaxone    (C) Ceftriaxone
+      The answer is C    The answer is (C).    Answer: C    The correct answer is **C**
+      c    c.    (c)          lower case only when the letter stands alone
+      Ceftriaxone                the exact text of one option (dict options only;
+                                 case, spacing and a trailing period do not matter)
+  Format failures (-1), whatever the gold:
+      ""    " "               empty answer
+      E                       letter not offered (and D when only ABC are offered)
+      A or B    A, C    A/B    A and B    AB    (A) or (B)      two or more options
+      C. Gentamicin           with dict options, text after a letter must be that option's text
+      A patient with gout     the article "A" is not option A
+      I think it is C         an explanation sentence is not an answer ("I" is a letter
+                              when ten options are offered)
+  A letter form wins over option text ("C" is option C even if some option's text is "C").
+  With letter-only options the text after "C." cannot be checked; it is ignored unless it
+  names another offered letter as an alternative ("C. or B", "C: A and D").
+
+Reward: -1.0 if the format fails, else 1.0 if the resolved letter is the gold one, else 0.0.
+
+pattern() labels a reply for the paper's training-dynamics analysis: format_failure,
+outside_reasoning, direct_answer, concise or verbose (see the thresholds below).
+
+Run it on one reply:
+    python verifier.py "<think>Urate crystals.</think><answer>B</answer>" B
+"""
+import re
+import sys
+from dataclasses import dataclass, replace
+
+OPTIONS_DEFAULT = "ABCD"
+PATTERNS = ("format_failure", "verbose", "concise", "direct_answer", "outside_reasoning")
+
+# pattern() thresholds, in whitespace-separated words.
+# A harmless preamble ("Let me think step by step.") is under 10 words; 10 or more words before
+# <think> is at least a sentence of content, i.e. reasoning moved outside the think block.
+OUTSIDE_WORDS = 10
+# Eight words cannot weigh the findings of a clinical vignette; a think this short that states
+# the answer ("The answer is B.") or is empty only gives the answer away.
+DIRECT_WORDS = 8
+# A MedQA vignette alone has a median of ~110 words; reasoning that walks through its findings
+# and the options runs past 100 words, while a compact 2-4 sentence chain stays under it.
+VERBOSE_WORDS = 100
+
+TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
+TAG_RE = re.compile(r"</?(?:think|answer)>")
+TAIL_RE = re.compile(r"(?:\s|<\|endoftext\|>|<\|im_end\|>)*")  # what may follow </answer>
+BOLD_RE = re.compile(r"\*\*([^*]+)\*\*")
+LOWER_RE = re.compile(r"\(([a-z])\)|([a-z])\.?")  # c, c., (c): lower case only standing alone
+# "The answer is", "Answer:", "Final answer:", "Option"...; must end in a space or colon so that
+# "AnswerC" is not read as C.
+PREFIX_RE = re.compile(
+    r"(?:(?:the\s+)?(?:final\s+|correct\s+)?answer(?:\s+is)?(?:\s*:)?\s*(?<=[\s:]))?"
+    r"(?:(?:option|choice)\s+)?", re.IGNORECASE)
+# C  C.  C:  C)  (C)  [C]  then optionally whitespace and text. A bare letter must be followed by
+# punctuation or the end, which rules out "A patient", "AB", "A/B", "A, C" and "A or B".
+LETTER_RE = re.compile(
+    r"(?:\((?P<p>[A-Z])\)|\[(?P<b>[A-Z])\]|(?P<l>[A-Z])(?=[.:)]|\Z))[.:)]?(?:\s+(?P<text>\S.*))?",
+    re.DOTALL)
+# Another letter offered as an alternative: "or B", "and (B)", ", B", "/B", "(B)".
+HEDGE_RE = re.compile(
+    r"(?:(?i:\b(?:or|and|nor|vs)\b)\.?\s*|[,/&]\s*|[(\[])(?:(?i:option|choice)\s+)?([A-Z])(?![A-Za-z0-9])")
+ARTICLE_RE = re.compile(r"A\s+(?!(?:or|and|nor)\b)[a-z]")  # "A patient": the article, not option A
+TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z](?![A-Za-z0-9])")  # a capital letter standing alone
+ANSWER_IS_RE = re.compile(
+    r"(?i:answer)(?:\s+(?i:is))?(?:\s*:)?\s*(?:(?i:option|choice)\s+)?[(\[*]*([A-Z])(?![A-Za-z0-9])")
+END_LETTER_RE = re.compile(r"(?<![A-Za-z0-9])[(\[*]*([A-Z])[)\]*]*\.?\s*\Z")  # "...so it's B."
+
+
+@dataclass(frozen=True)
+class Score:
+    reward: float  # -1.0, 0.0 or 1.0
+    format_ok: bool
+    pred: str | None  # the single resolved letter, or None
+    correct: bool
+    reason: str  # "" when format_ok, else why not
+    words_before_think: int  # hacking signal: words before <think>
+    think_words: int  # words inside <think>...</think>
+    think_states_answer: bool  # the think block already states the final choice
+    trailing_text: bool  # non-whitespace text after </answer> other than EOS markers
+
+
+def parse_options(options):
+    """Return (letters, texts): the offered letters as a string, and letter -> text or None."""
+    if isinstance(options, dict):
+        keys, texts = list(options), options
+        for k, v in options.items():
+            if not isinstance(v, str):
+                raise ValueError(f"options: text of option {k!r} must be a str, got {type(v).__name__}")
+    elif isinstance(options, str):
+        keys, texts = list(options), None
+    else:
+        raise TypeError(f"options must be a str of letters or a dict letter -> text, got {type(options).__name__}")
+    if not keys or len(set(keys)) != len(keys) or not all(isinstance(k, str) and len(k) == 1 and "A" <= k <= "Z"
+                                                          for k in keys):
+        raise ValueError(f"options: expected distinct upper-case letters such as 'ABCD', got {keys}")
+    return "".join(keys), texts
+
+
+def norm(text):
+    # compare option texts ignoring case, spacing and a trailing period
+    return " ".join(text.split()).rstrip(". ").casefold()
+
+
+def has_phrase(hay, needle):
+    # needle occurs in hay as whole words
+    i = hay.find(needle)
+    while i >= 0:
+        j = i + len(needle)
+        if (i == 0 or not hay[i - 1].isalnum()) and (j == len(hay) or not hay[j].isalnum()):
+            return True
+        i = hay.find(needle, i + 1)
+    return False
+
+
+def unbold(s):
+    m = BOLD_RE.fullmatch(s)
+    return m.group(1).strip() if m else s
+
+
+def letter_choice(s, rest, letters, texts):
+    """The letter named by a letter form, or (None, reason); reason is "" when s is no letter form."""
+    m = LOWER_RE.fullmatch(s)
+    if m:
+        letter = (m.group(1) or m.group(2)).upper()
+        return (letter, "") if letter in letters else (None, f"letter {letter} is not offered ({letters})")
+    m = LETTER_RE.fullmatch(rest)
+    if not m:
+        return None, ""
+    letter, text = m["p"] or m["b"] or m["l"], m["text"]
+    if letter not in letters:
+        return None, f"letter {letter} is not offered ({letters})"
+    if text is None:
+        return letter, ""
+    if texts is not None:
+        if norm(text) == norm(texts[letter]):
+            return letter, ""
+        return None, f"text after {letter} is not the text of option {letter}"
+    others = []
+    for h in HEDGE_RE.finditer(text):
+        o = h.group(1)
+        if o in letters and o != letter and o not in others and not ARTICLE_RE.match(text, h.start(1)):
+            others.append(o)
+    if others:
+        named = [letter] + others
+        return None, f"answer names {len(named)} options: {', '.join(named)}"
+    return letter, ""
+
+
+def diagnose(s, letters):
+    # why an answer that is neither a letter form nor an option's text fails
+    if len(s) > 1 and all(c in letters for c in s):
+        named = list(dict.fromkeys(s))  # "AB"
+    else:
+        named = list(dict.fromkeys(
+            m.group() for m in TOKEN_RE.finditer(s) if m.group() in letters and not ARTICLE_RE.match(s, m.start())))
+    if len(named) >= 2:
+        return f"answer names {len(named)} options: {', '.join(named)}"
+    if not named:
+        return "answer names no offered option"
+    return f"answer mentions {named[0]} but is not a recognised answer form"
+
+
+def resolve(content, letters, texts):
+    """(letter, "") for the one option the answer names, else (None, reason)."""
+    s = unbold(content.strip())
+    if not s:
+        return None, "empty answer"
+    rest = unbold(s[PREFIX_RE.match(s).end():])
+    letter, why = letter_choice(s, rest, letters, texts)
+    if letter:
+        return letter, ""
+    if texts is not None:
+        candidates = {norm(s), norm(rest)}
+        hits = [k for k, v in texts.items() if norm(v) and norm(v) in candidates]
+        if len(hits) == 1:
+            return hits[0], ""
+        if hits:
+            return None, f"answer matches the text of {len(hits)} options: {', '.join(hits)}"
+    return None, why or diagnose(s, letters)
+
+
+def states_answer(think, pred, letters, texts):
+    # the think block already gives the final choice away
+    if resolve(think, letters, texts)[0] == pred:  # "C." or "The answer is C." alone
+        return True
+    for m in ANSWER_IS_RE.finditer(think):
+        if m.group(1) == pred and not ARTICLE_RE.match(think, m.start(1)):
+            return True
+    m = END_LETTER_RE.search(think.rstrip()[-16:])
+    if m and m.group(1) == pred:
+        return True
+    return texts is not None and bool(norm(texts[pred])) and has_phrase(norm(think), norm(texts[pred]))
+
+
+def structure_problem(names):
+    # names: the tags in order of appearance
+    if names == TAGS:
+        return ""
+    for tag in TAGS:
+        n = names.count(tag)
+        if n > 1:
+            return f"{n} {tag} tags"
+        if n == 0:
+            return f"no {tag} tag" if tag[1] != "/" else f"<{tag[2:]} is not closed"
+    if names.index("<answer>") < names.index("<think>"):
+        return "<answer> before <think>"
+    return "tags nested or out of order"
+
+
+def check(response, letters, texts, strict, min_think_words):
+    """Score the reply as if it were wrong: reward -1.0 or 0.0; score() settles the gold."""
+    tags = list(TAG_RE.finditer(response))
+    i = response.find("<think>")
+    before = response[:i] if i >= 0 else ""
+    j = response.find("</think>", i) if i >= 0 else -1
+    think = response[i + len("<think>"):j] if j >= 0 else ""
+    k = response.rfind("</answer>")
+    trailing = k >= 0 and not TAIL_RE.fullmatch(response, k + len("</answer>"))
+    words_before, think_words = len(before.split()), len(think.split())
+
+    def fail(reason):
+        return Score(-1.0, False, None, False, reason, words_before, think_words, False, trailing)
+
+    problem = structure_problem([t.group() for t in tags])
+    if problem:
+        return fail(problem)
+    if response[tags[1].end():tags[2].start()].strip():
+        return fail("text between </think> and <answer>")
+    if trailing:
+        return fail("text after </answer>")
+    if strict and before.strip():
+        return fail(f"{words_before} words before <think> (strict)")
+    if think_words < min_think_words:
+        return fail(f"<think> has {think_words} words, fewer than {min_think_words}")
+    pred, reason = resolve(response[tags[2].end():tags[3].start()], letters, texts)
+    if pred is None:
+        return fail(reason)
+    return Score(0.0, True, pred, False, "", words_before, think_words,
+                 states_answer(think, pred, letters, texts), False)
+
+
+def score(response: str, answer: str, options=OPTIONS_DEFAULT, strict: bool = False,
+          min_think_words: int = 0) -> Score:
+    """Score one reply against the gold letter `answer`; options: 'ABCD' or {'A': text, ...}."""
+    letters, texts = parse_options(options)
+    if not (isinstance(answer, str) and len(answer) == 1 and answer in letters):
+        raise ValueError(f"gold answer {answer!r} is not one of the offered letters {letters}")
+    s = check(response, letters, texts, strict, min_think_words)
+    if s.pred == answer:
+        return replace(s, reward=1.0, correct=True)
+    return s
+
+
+def pattern(response: str, options=OPTIONS_DEFAULT) -> str:
+    """Label a reply with one of PATTERNS, under the default format rule; checked in that order."""
+    letters, texts = parse_options(options)
+    s = check(response, letters, texts, strict=False, min_think_words=0)
+    if not s.format_ok:
+        return "format_failure"
+    if s.words_before_think >= OUTSIDE_WORDS:
+        return "outside_reasoning"
+    if s.think_words <= DIRECT_WORDS and (s.think_states_answer or s.think_words == 0):
+        return "direct_answer"
+    if s.think_words >= VERBOSE_WORDS:
+        return "verbose"
+    return "concise"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (3, 4):
+        sys.exit('usage: python verifier.py "<think>...</think><answer>C</answer>" GOLD [LETTERS]')
+    opts = sys.argv[3] if len(sys.argv) == 4 else OPTIONS_DEFAULT
+    print(score(sys.argv[1], sys.argv[2], opts))
+    print("pattern:", pattern(sys.argv[1], opts))
