@@ -1,0 +1,756 @@
+"""RLVR training: PPO (or GRPO / RLOO / REINFORCE++) with a rule-based MCQA reward, or the SFT baseline.
+
+    python train.py                                   # the CPU demo (same as --preset demo): a few minutes
+    python train.py --preset demo --out runs/demo
+    torchrun --nproc_per_node 8 train.py --preset qwen2.5-3b --model Qwen2.5-3B --train medqa_train.jsonl \\
+        --heldout medqa_test.jsonl --out runs/rlvr
+    python train.py --resume runs/rlvr                # continue exactly where a run stopped
+    python train.py --algo sft ...                    # the supervised baseline, same data, checkpoints, metrics
+
+One step: draw prompts -> sample replies with the KV-cached sampler -> verifier rewards -> old log-probs, values,
+reference log-probs -> per-token rewards (KL penalty + outcome on the last token) -> advantages -> PPO epochs over
+mini-batches (micro-batch gradient accumulation, grad clipping). The value head is a linear layer on the policy's own
+final hidden state, so rollout and training share one model: 3B PPO fits one 80 GB GPU.
+
+The demo (no --model) builds a tiny Qwen2-shaped model and a small tokenizer, gives the model a short warm-up on a
+noisy teacher so that it behaves like a base model (it follows the format only sometimes and is right only half the
+time), then runs RL on the synthetic drug-disease task from data.py with the same sampler, verifier and PPO.
+
+Run folder (--out): config.json, metrics.jsonl (one object per step), samples.jsonl (full replies every few steps),
+checkpoints/step_XXXXXX/ (policy in HF layout + value head, optimizer, schedule, RNG states, data cursor), final.json.
+"""
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+import data
+import eval as evaluation
+import model as M
+import ppo
+import verifier
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    # what to train
+    model: str | None = None          # HF checkpoint folder (config.json, safetensors, tokenizer.json); None: demo model
+    train: list[str] = field(default_factory=list)    # MCQA files (data.load_mcqa); empty: the synthetic task
+    heldout: list[str] = field(default_factory=list)  # evaluated (greedy) at the end into final.json
+    template: str = "base"
+    algo: str = "gae"                 # gae (PPO + value head) | grpo | rloo | reinforce++ | sft
+    out: str = "runs/demo"
+    seed: int = 0
+    # rollout
+    steps: int = 40
+    prompts_per_step: int = 16        # over all ranks
+    group_size: int = 4               # samples per prompt (GRPO / RLOO need >= 2)
+    max_prompt_len: int = 256
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    shuffle_options: bool = True      # permute options each time an item is drawn (fights position bias)
+    strict: bool = False              # verifier mitigation: nothing allowed before <think>
+    min_think_words: int = 0          # verifier mitigation: minimum reasoning length
+    # optimisation
+    lr: float = 1e-3
+    value_lr: float = 1e-3
+    warmup_steps: int = 0             # linear LR warm-up, then constant
+    weight_decay: float = 0.0
+    ppo_epochs: int = 2
+    mini_batch_size: int = 32         # rollouts per optimizer step, per rank
+    micro_batch_size: int = 32        # rollouts per forward/backward, per rank
+    grad_clip: float = 1.0
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.5
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.001
+    kl_kind: str = "k1"
+    kl_in_reward: bool = True         # per-token penalty in the reward (the paper); False: a loss term (GRPO style)
+    whiten_advantages: bool = True
+    loss_agg: str = "token-mean"
+    # demo model (when model is None)
+    demo_warmup_steps: int = 150
+    demo_n_train: int = 2000
+    demo_n_heldout: int = 200
+    # systems
+    device: str = "auto"              # auto: cuda if available
+    bf16: bool = True                 # on CUDA: bf16 autocast, bf16 reference model and KV cache
+    grad_checkpointing: bool = False
+    save_every: int = 20
+    keep_last: int = 2
+    sample_every: int = 5
+    n_samples: int = 4
+    max_bad_steps: int = 3            # consecutive non-finite steps before the run stops
+
+
+PRESETS = {
+    "demo": {},
+    # Paper-like settings on GPUs. Med-RLVR trained Qwen2.5-3B base with OpenRLHF PPO on MedQA; values the paper does
+    # not state follow OpenRLHF's PPO defaults / R1-Zero replications (Logic-RL, TinyZero) of that period.
+    "qwen2.5-3b": dict(
+        template="base",           # R1-Zero-style base-model prompt, as in the paper
+        steps=500,                 # ~ 3 epochs over MedQA train (10,178 items) at 64 prompts per step
+        prompts_per_step=64, group_size=1,   # PPO with a critic: one sample per prompt (OpenRLHF n_samples=1)
+        max_prompt_len=1024, max_new_tokens=1024,   # MedQA prompts reach ~1000 tokens (data.py stats)
+        temperature=1.0, top_p=1.0,
+        lr=5e-7, value_lr=9e-6,    # OpenRLHF PPO example actor / critic learning rates
+        warmup_steps=10, ppo_epochs=1, mini_batch_size=32, micro_batch_size=4,
+        kl_coef=0.001, kl_kind="k1", kl_in_reward=True, gamma=1.0, lam=0.95,  # OpenRLHF defaults
+        clip=0.2, value_clip=0.2, vf_coef=0.5, grad_clip=1.0, whiten_advantages=True,
+        bf16=True, grad_checkpointing=True, save_every=50, keep_last=2, sample_every=10, n_samples=8,
+    ),
+}
+
+ALGOS = tuple(ppo.ESTIMATORS) + ("sft",)
+RESUME_MAY_CHANGE = {"steps", "save_every", "keep_last", "sample_every", "n_samples", "heldout", "max_bad_steps"}
+
+
+def parse_config(argv=None) -> tuple[Config, str | None]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 argument_default=argparse.SUPPRESS)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    ap.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its last checkpoint")
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction)
+        elif f.name in ("train", "heldout"):
+            ap.add_argument(flag, nargs="+", metavar="FILE")
+        elif f.name == "algo":
+            ap.add_argument(flag, choices=ALGOS)
+        elif f.name == "template":
+            ap.add_argument(flag, choices=data.TEMPLATES)
+        else:
+            ap.add_argument(flag, type=f.type if f.type in (int, float) else str)
+    a = vars(ap.parse_args(argv))
+    preset, resume = a.pop("preset"), a.pop("resume")
+    if resume is not None:
+        return resume_config(resume, a), resume
+    return Config(**{**PRESETS[preset], **a}), None
+
+
+def resume_config(run_dir, overrides) -> Config:
+    f = Path(run_dir) / "config.json"
+    if not f.is_file():
+        raise SystemExit(f"--resume {run_dir}: no config.json there; not a med-rlvr run folder")
+    saved = json.loads(f.read_text())
+    known = {x.name for x in fields(Config)}
+    if set(saved) - known:
+        raise SystemExit(f"{f}: unknown keys {sorted(set(saved) - known)}; not a config written by this train.py")
+    changed = {k: (saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v and k != "out"}
+    bad = {k: v for k, v in changed.items() if k not in RESUME_MAY_CHANGE}
+    if bad:
+        lines = "; ".join(f"{k}: run has {old!r}, flag says {new!r}" for k, (old, new) in bad.items())
+        raise SystemExit(f"--resume {run_dir}: config mismatch ({lines}). Only {sorted(RESUME_MAY_CHANGE)} may change.")
+    cfg = Config(**{**saved, **{k: v for k, (_, v) in changed.items()}})
+    cfg.out = str(run_dir)
+    return cfg
+
+
+def check_config(cfg: Config, world: int):
+    def fail(msg):
+        raise SystemExit(f"config: {msg}")
+    if cfg.algo not in ALGOS:
+        fail(f"algo {cfg.algo!r} unknown; expected one of {ALGOS}")
+    if cfg.prompts_per_step % world:
+        fail(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of ranks ({world})")
+    rows = cfg.prompts_per_step // world * (1 if cfg.algo == "sft" else cfg.group_size)
+    if rows % cfg.mini_batch_size:
+        fail(f"rollouts per rank per step ({rows} = prompts_per_step {cfg.prompts_per_step} / {world} ranks x "
+             f"group_size {cfg.group_size}) must be divisible by mini_batch_size {cfg.mini_batch_size}")
+    if cfg.mini_batch_size % cfg.micro_batch_size:
+        fail(f"mini_batch_size {cfg.mini_batch_size} must be divisible by micro_batch_size {cfg.micro_batch_size}")
+    if cfg.algo in ("grpo", "rloo") and cfg.group_size < 2:
+        fail(f"{cfg.algo} needs group_size >= 2 (samples per prompt), got {cfg.group_size}")
+    if cfg.kl_kind not in ("k1", "k2", "k3"):
+        fail(f"kl_kind {cfg.kl_kind!r} unknown; expected k1, k2 or k3")
+    if cfg.loss_agg not in ("token-mean", "seq-mean"):
+        fail(f"loss_agg {cfg.loss_agg!r} unknown; expected token-mean or seq-mean")
+
+
+# -----------------------------------------------------------------------------
+# Distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
+
+
+def setup_distributed(cfg: Config):
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def all_mean(values: dict, device, world: int) -> dict:
+    """Averages a dict of floats over ranks (every rank holds the same keys)."""
+    if world == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: v / world for k, v in zip(keys, t.tolist())}
+
+
+# -----------------------------------------------------------------------------
+# The policy: the language model plus a value head on its final hidden state
+
+
+class Policy(nn.Module):
+    def __init__(self, lm: M.Transformer, value_head: bool):
+        super().__init__()
+        self.lm = lm
+        self.value = nn.Linear(lm.args.dim, 1) if value_head else None
+        if self.value is not None:
+            nn.init.zeros_(self.value.weight)
+            nn.init.zeros_(self.value.bias)
+
+    def forward(self, tokens, pad_mask, prompt_len):
+        """Log-probs, entropies and values [N, R] for the response tokens tokens[:, prompt_len:]."""
+        h = self.lm.hidden(tokens, pad_mask)[:, prompt_len - 1:-1]  # the state before each response token
+        logits = self.lm.output(h).float()
+        logp = torch.log_softmax(logits, -1).gather(-1, tokens[:, prompt_len:, None])[..., 0]
+        values = self.value(h.float() if self.value.weight.dtype == torch.float32 else h)[..., 0].float() \
+            if self.value is not None else None
+        return logp, ppo.entropy(logits), values
+
+
+def pack(prompts, responses, pad_id):
+    """Left-padded prompts + right-padded responses -> tokens [N, P+R], pad_mask [N, P+R], response mask [N, R]."""
+    P, R = max(map(len, prompts)), max(map(len, responses))
+    N = len(prompts)
+    tokens = torch.full((N, P + R), pad_id, dtype=torch.long)
+    pad = torch.zeros(N, P + R, dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        tokens[i, P - len(p):P], pad[i, P - len(p):P] = torch.tensor(p), True
+        tokens[i, P:P + len(r)], pad[i, P:P + len(r)] = torch.tensor(r), True
+    return tokens, pad, pad[:, P:].float(), P
+
+
+def autocast(cfg: Config, device):
+    if device.type == "cuda" and cfg.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# -----------------------------------------------------------------------------
+# The demo model: tiny Qwen2 shape, own tokenizer, a warm-up so it behaves like a base model
+
+
+def demo_model_args(vocab_size: int) -> M.ModelArgs:
+    return M.ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, intermediate_size=352,
+                       vocab_size=-(-vocab_size // 64) * 64, max_seq_len=512, rope_theta=10000.0,
+                       tie_embeddings=True, eos_id=0)
+
+
+def teacher_reply(item: data.Item, rng: random.Random) -> str:
+    """A noisy teacher, like a base model that has seen some formatted text: a short reasoning in <think> and a
+    letter half the time right; a quarter of its replies break the format."""
+    letter = item.answer if rng.random() < 0.5 else rng.choice(list(item.options))
+    disease = item.question.removeprefix("Which drug treats ").removesuffix("?")
+    good = f"<think>\n{disease} is treated by {item.options[letter]}.\n</think>\n<answer>{letter}</answer>"
+    broken = [f"The answer is {letter}.", f"<answer>{letter}</answer>",
+              f"<think>\n{disease} is treated by {item.options[letter]}.\n</think>\n{letter}",
+              f"<think>\n{disease} is treated by {item.options[letter]}.\n<answer>{letter}</answer>"]
+    return good if rng.random() < 0.75 else rng.choice(broken)
+
+
+def build_demo(cfg: Config, run: Path, log):
+    """Writes run/data/{train,heldout}.jsonl (generic format) and run/base/ (the warmed-up tiny model, HF layout,
+    with tokenizer.json). Deterministic for a seed, so the SFT and RL demo runs start from the same base model."""
+    train_items, heldout = data.synthetic_task(cfg.demo_n_train, cfg.demo_n_heldout, cfg.seed)
+    (run / "data").mkdir(parents=True, exist_ok=True)
+    for name, items in (("train", train_items), ("heldout", heldout)):
+        with open(run / "data" / f"{name}.jsonl", "w") as f:
+            for it in items:
+                f.write(json.dumps(dict(id=it.id, question=it.question, options=it.options, answer=it.answer,
+                                        source=it.source)) + "\n")
+    rng = random.Random(cfg.seed)
+    texts = [data.render(it, t) + data.sft_target(it, t) for it in train_items[:500] for t in ("base", "direct")]
+    texts += [teacher_reply(it, rng) for it in train_items[:500]]
+    tokenizer = data.demo_tokenizer(texts)
+    lm = M.Transformer(demo_model_args(tokenizer.get_vocab_size())).init_weights(cfg.seed)
+    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.demo_lr if hasattr(cfg,"demo_lr") else 3e-3, weight_decay=0.0)
+    bar = tqdm(range(cfg.demo_warmup_steps), desc="demo warm-up", dynamic_ncols=True, leave=False)
+    for step in bar:
+        batch = [train_items[(step * 32 + i) % len(train_items)] for i in range(32)]
+        prompts = [tokenizer.encode(data.render(it, cfg.template), add_special_tokens=False).ids for it in batch]
+        targets = [tokenizer.encode(teacher_reply(it, rng), add_special_tokens=False).ids + [0] for it in batch]
+        loss = sft_loss(lm, prompts, targets, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    M.save_pretrained(lm, run / "base")
+    tokenizer.save(str(run / "base" / "tokenizer.json"))
+    log(f"demo: built base model ({sum(p.numel() for p in lm.parameters()) / 1e6:.2f}M params, "
+        f"vocab {tokenizer.get_vocab_size()}) in {run / 'base'}")
+
+
+def sft_loss(lm, prompts, targets, pad_id):
+    """Cross-entropy on the target tokens only (prompt tokens carry no loss)."""
+    device = lm.model.embed_tokens.weight.device
+    tokens, pad, mask, P = pack(prompts, targets, pad_id)
+    tokens, pad, mask = tokens.to(device), pad.to(device), mask.to(device)
+    logits = lm.output(lm.hidden(tokens, pad)[:, P - 1:-1]).float()
+    ce = F.cross_entropy(logits.transpose(1, 2), tokens[:, P:], reduction="none")
+    return (ce * mask).sum() / mask.sum()
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: written to a temp folder then renamed, so a killed run never leaves a half-written one
+
+
+def rng_state():
+    s = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s):
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(run: Path, step: int, policy: Policy, opt, sched, cursor: int, keep_last: int, tokenizer_file):
+    ckpts = run / "checkpoints"
+    ckpts.mkdir(exist_ok=True)
+    final = ckpts / f"step_{step:06d}"
+    tmp = ckpts / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    M.save_pretrained(policy.lm, tmp / "model")
+    shutil.copy(tokenizer_file, tmp / "model" / "tokenizer.json")
+    torch.save(dict(value=None if policy.value is None else policy.value.state_dict(), optimizer=opt.state_dict(),
+                    scheduler=sched.state_dict(), rng=rng_state()), tmp / "state.pt")
+    (tmp / "progress.json").write_text(json.dumps(dict(step=step, cursor=cursor)))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(ckpts.glob("step_*"))[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(run: Path):
+    ckpts = sorted((run / "checkpoints").glob("step_*")) if (run / "checkpoints").is_dir() else []
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(ckpt: Path, policy: Policy, opt, sched):
+    """Restores the weights, value head, optimizer, schedule and RNG; returns (step, cursor)."""
+    try:
+        progress = json.loads((ckpt / "progress.json").read_text())
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        lm = M.Transformer.from_pretrained(ckpt / "model", device=policy.lm.model.embed_tokens.weight.device,
+                                           dtype=policy.lm.model.embed_tokens.weight.dtype)
+    except Exception as e:
+        raise SystemExit(f"checkpoint {ckpt} is unreadable ({type(e).__name__}: {e}); it was left as it is. "
+                         "Remove it to resume from the one before.") from None
+    policy.lm.load_state_dict(lm.state_dict())
+    if policy.value is not None:
+        policy.value.load_state_dict(state["value"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return progress["step"], progress["cursor"]
+
+
+def truncate_jsonl(path: Path, last_step: int):
+    """On resume, drop log lines written after the checkpoint (their steps will be redone)."""
+    if path.exists():
+        keep = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= last_step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(l + "\n" for l in keep))
+        os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# One RL step and one SFT step
+
+
+def draw_items(items, cursor, n, seed):
+    epoch_orders = {}
+    out = []
+    for c in range(cursor, cursor + n):
+        epoch, i = divmod(c, len(items))
+        if epoch not in epoch_orders:
+            epoch_orders[epoch] = data.shuffled(list(range(len(items))), seed + epoch)
+        out.append(items[epoch_orders[epoch][i]])
+    return out
+
+
+def rollout(cfg, lm, tokenizer, items, step, rank, eos_id):
+    """Samples group_size replies per item (a prompt's samples are consecutive rows). Returns the items as asked
+    (options shuffled if configured), prompt ids and response ids."""
+    rng = random.Random(cfg.seed * 1_000_003 + step * 7919 + rank)
+    if cfg.shuffle_options:
+        items = [data.shuffle_options(it, rng) for it in items]
+    items = [it for it in items for _ in range(cfg.group_size)]
+    prompts = [tokenizer.encode(data.render(it, cfg.template), add_special_tokens=False).ids for it in items]
+    lm.eval()
+    out = M.generate(lm, prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, eos_id=eos_id,
+                     seed=rng.randrange(2**62))
+    return items, prompts, out.tokens
+
+
+def score_rollouts(cfg, tokenizer, items, responses, eos_id):
+    """The verifier's verdict on each reply, with everything samples.jsonl and the metrics need."""
+    prefix = data.response_prefix(cfg.template)
+    records = []
+    for it, toks in zip(items, responses):
+        body = toks[:-1] if toks and toks[-1] == eos_id else toks
+        text = tokenizer.decode(body, skip_special_tokens=False)
+        s = verifier.score(prefix + text, it.answer, it.options, strict=cfg.strict, min_think_words=cfg.min_think_words)
+        records.append(dict(prompt=data.render(it, cfg.template), response=text, gold=it.answer, pred=s.pred,
+                            reward=s.reward, format_ok=s.format_ok, correct=s.correct,
+                            pattern=verifier.pattern(prefix + text, it.options), think_words=s.think_words))
+    return records
+
+
+def rl_step(cfg, policy, ddp_policy, ref, opt, tokenizer, items, step, rank, eos_id, device, timers):
+    lm = policy.lm
+    t0 = time.perf_counter()
+    with autocast(cfg, device):
+        items, prompts, responses = rollout(cfg, lm, tokenizer, items, step, rank, eos_id)
+    t1 = time.perf_counter()
+    records = score_rollouts(cfg, tokenizer, items, responses, eos_id)
+    scores = torch.tensor([r["reward"] for r in records], device=device)
+    timers["generate"], timers["score"] = t1 - t0, time.perf_counter() - t1
+    t1 = time.perf_counter()
+    tokens, pad, mask, P = pack(prompts, responses, eos_id)
+    tokens, pad, mask = tokens.to(device), pad.to(device), mask.to(device)
+
+    # old log-probs and values (the policy that sampled), reference log-probs
+    with torch.no_grad(), autocast(cfg, device):
+        lm.eval()
+        old_logp, old_values = [], []
+        ref_logp = []
+        for s in range(0, len(tokens), cfg.micro_batch_size):
+            sl = slice(s, s + cfg.micro_batch_size)
+            lp, _, v = policy(tokens[sl], pad[sl], P)
+            old_logp.append(lp)
+            old_values.append(v if v is not None else torch.zeros_like(lp))
+        old_logp, old_values = torch.cat(old_logp), torch.cat(old_values)
+        t2 = time.perf_counter()
+        for s in range(0, len(tokens), cfg.micro_batch_size):
+            sl = slice(s, s + cfg.micro_batch_size)
+            h = ref.hidden(tokens[sl], pad[sl])[:, P - 1:-1]
+            ref_logp.append(torch.log_softmax(ref.output(h).float(), -1).gather(-1, tokens[sl, P:, None])[..., 0])
+        ref_logp = torch.cat(ref_logp)
+    timers["old_logp"] = t2 - t1
+    timers["reference"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    kl_coef_reward = cfg.kl_coef if cfg.kl_in_reward else 0.0
+    rewards = ppo.token_rewards(scores, old_logp, ref_logp, mask, kl_coef_reward, cfg.kl_kind)
+    adv, returns = ppo.advantages(cfg.algo, rewards, old_values, mask, cfg.group_size, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages and cfg.algo == "gae":
+        adv = ppo.masked_whiten(adv, mask)
+
+    def loss_fn(idx):
+        m = mask[idx]
+        with autocast(cfg, device):
+            logp, ent, values = ddp_policy(tokens[idx], pad[idx], P)
+        pl, pst = ppo.policy_loss(logp, old_logp[idx], adv[idx], m, cfg.clip, cfg.loss_agg)
+        loss = pl
+        st = dict(policy_loss=pl.item(), clipfrac=float(pst["clipfrac"]), approx_kl=float(pst["approx_kl"]),
+                  entropy=float(ppo.masked_mean(ent, m)))
+        if values is not None:
+            vl, vst = ppo.value_loss(values, old_values[idx], returns[idx], m, cfg.value_clip, cfg.loss_agg)
+            loss = loss + cfg.vf_coef * vl
+            st.update(value_loss=vl.item(), vf_clipfrac=float(vst["vf_clipfrac"]))
+        if cfg.entropy_coef:
+            loss = loss - cfg.entropy_coef * ppo.aggregate(ent, m, cfg.loss_agg)
+        if not cfg.kl_in_reward:
+            loss = loss + cfg.kl_coef * ppo.aggregate(ppo.kl(logp, ref_logp[idx], cfg.kl_kind), m, cfg.loss_agg)
+        return loss, st
+
+    stats = optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, cfg.ppo_epochs, seed=cfg.seed * 31 + step)
+    if stats is None:
+        return None, records
+    timers["train"] = time.perf_counter() - t3
+
+    n_tok = float(mask.sum())
+    metrics = mean_stats(stats)
+    metrics.update(
+        reward_mean=float(scores.mean()), accuracy=float(np.mean([r["correct"] for r in records])),
+        format_rate=float(np.mean([r["format_ok"] for r in records])), response_len=n_tok / len(records),
+        think_words=float(np.mean([r["think_words"] for r in records])),
+        kl=float(ppo.masked_mean(old_logp - ref_logp, mask)),
+        explained_variance=ppo.explained_variance(old_values, returns, mask) if cfg.algo == "gae" else 0.0,
+        gen_tokens=n_tok,
+    )
+    for p in verifier.PATTERNS:
+        metrics[f"pattern_{p}"] = float(np.mean([r["pattern"] == p for r in records]))
+    return metrics, records
+
+
+def optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, epochs, seed):
+    """Epochs over shuffled mini-batches of rows; each mini-batch accumulates micro-batch gradients (synchronised
+    across ranks on the last one only), clips them and takes one optimizer step. loss_fn(rows) -> (loss aggregated
+    over those rows, stats). Returns the stats, or None when a gradient was not finite (the step is then skipped)."""
+    n_micro = cfg.mini_batch_size // cfg.micro_batch_size
+    g = torch.Generator().manual_seed(seed)
+    policy.lm.train()
+    stats = []
+    for _ in range(epochs):
+        order = torch.randperm(len(mask), generator=g).to(mask.device)
+        for m0 in range(0, len(mask), cfg.mini_batch_size):
+            mini = order[m0:m0 + cfg.mini_batch_size]
+            opt.zero_grad(set_to_none=True)
+            for k in range(n_micro):
+                rows = mini[k * cfg.micro_batch_size:(k + 1) * cfg.micro_batch_size]
+                # weight the micro-batch so the mini-batch total is the chosen aggregate (token- or sequence-mean)
+                weight = mask[rows].sum() / mask[mini].sum() if cfg.loss_agg == "token-mean" else len(rows) / len(mini)
+                last = k == n_micro - 1
+                with (ddp_policy.no_sync() if isinstance(ddp_policy, DDP) and not last else nullcontext()):
+                    loss, st = loss_fn(rows)
+                    (loss * weight).backward()
+                stats.append(st)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            if not torch.isfinite(grad_norm):
+                opt.zero_grad(set_to_none=True)
+                return None
+            opt.step()
+            stats[-1]["grad_norm"] = float(grad_norm)
+    return stats
+
+
+def mean_stats(stats):
+    keys = {k for s in stats for k in s}
+    return {k: float(np.mean([s[k] for s in stats if k in s])) for k in sorted(keys)}
+
+
+def sft_step(cfg, policy, ddp_policy, opt, tokenizer, items, step, rank, eos_id, device, timers):
+    """Supervised baseline: cross-entropy on data.sft_target (the gold letter in the <answer> format) only."""
+    t0 = time.perf_counter()
+    rng = random.Random(cfg.seed * 1_000_003 + step * 7919 + rank)
+    if cfg.shuffle_options:
+        items = [data.shuffle_options(it, rng) for it in items]
+    prompts = [tokenizer.encode(data.render(it, cfg.template), add_special_tokens=False).ids for it in items]
+    targets = [tokenizer.encode(data.sft_target(it, cfg.template), add_special_tokens=False).ids + [eos_id]
+               for it in items]
+    tokens, pad, mask, P = pack(prompts, targets, eos_id)
+    tokens, pad, mask = tokens.to(device), pad.to(device), mask.to(device)
+
+    def loss_fn(rows):
+        with autocast(cfg, device):
+            logp, _, _ = ddp_policy(tokens[rows], pad[rows], P)
+        loss = ppo.aggregate(-logp, mask[rows], cfg.loss_agg)
+        return loss, dict(sft_loss=loss.item())
+
+    stats = optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, 1, seed=cfg.seed * 31 + step)
+    timers["train"] = time.perf_counter() - t0
+    if stats is None:
+        return None, []
+    metrics = mean_stats(stats)
+    metrics.update(response_len=float(mask.sum()) / len(items), gen_tokens=float(mask.sum()))
+    return metrics, []
+
+
+# -----------------------------------------------------------------------------
+# Main
+
+
+def load_items(files, tokenizer, cfg, what):
+    items = []
+    for f in files:
+        items += data.load_mcqa(f)
+    if not items:
+        raise SystemExit(f"{what}: no items in {files}")
+    items, _ = data.encode_prompts(items, tokenizer, cfg.template, cfg.max_prompt_len)
+    if not items:
+        raise SystemExit(f"{what}: every prompt is longer than max_prompt_len {cfg.max_prompt_len}")
+    return items
+
+
+def prepare_run_folder(cfg: Config, resume, rank):
+    run = Path(cfg.out)
+    if resume is None and run.exists() and any(run.iterdir()):
+        if (run / "config.json").exists():
+            raise SystemExit(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
+        raise SystemExit(f"{run} exists, is not empty and is not a med-rlvr run folder; refusing to write into it")
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        tmp = run / "config.json.tmp"
+        tmp.write_text(json.dumps(asdict(cfg), indent=2))
+        os.replace(tmp, run / "config.json")
+        for old in (run / "checkpoints").glob(".tmp_*") if (run / "checkpoints").is_dir() else []:
+            shutil.rmtree(old)  # a checkpoint that a killed run was writing
+    return run
+
+
+def barrier(world):
+    if world > 1:
+        dist.barrier()
+
+
+def main(argv=None):
+    cfg, resume = parse_config(argv)
+    rank, world, device = setup_distributed(cfg)
+    check_config(cfg, world)
+    log = (lambda *a: tqdm.write(" ".join(map(str, a)))) if rank == 0 else (lambda *a: None)
+    run = prepare_run_folder(cfg, resume, rank)
+    barrier(world)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # same initialisation (value head) on every rank
+
+    if cfg.model is None:  # the demo: a tiny model and the synthetic task, built once per run folder
+        if rank == 0 and not (run / "base" / "config.json").exists():
+            build_demo(cfg, run, log)
+        barrier(world)
+        model_dir, train_files, heldout_files = run / "base", [run / "data" / "train.jsonl"], \
+            [run / "data" / "heldout.jsonl"]
+    else:
+        model_dir, train_files, heldout_files = Path(cfg.model), cfg.train, cfg.heldout
+        if not train_files:
+            raise SystemExit("--model needs --train FILE [FILE ...] (MCQA data, see data.py)")
+    tokenizer = M.load_tokenizer(model_dir)
+    lm = M.Transformer.from_pretrained(model_dir, device=device, dtype=torch.float32)
+    eos_id = lm.args.eos_id
+    if eos_id is None:
+        raise SystemExit(f"{model_dir}/config.json has no eos_token_id; the sampler needs one to stop replies")
+    items = load_items(train_files, tokenizer, cfg, "--train")
+    heldout = load_items(heldout_files, tokenizer, cfg, "--heldout") if heldout_files else []
+
+    lm.checkpointing = cfg.grad_checkpointing
+    policy = Policy(lm, value_head=cfg.algo == "gae").to(device)
+    ref = None
+    if cfg.algo != "sft":
+        ref = copy.deepcopy(lm).requires_grad_(False).eval()
+        if device.type == "cuda" and cfg.bf16:
+            ref = ref.to(torch.bfloat16)
+    ddp_policy = DDP(policy, broadcast_buffers=False) if world > 1 else policy
+    groups = [dict(params=list(lm.parameters()), lr=cfg.lr)]
+    if policy.value is not None:
+        groups.append(dict(params=list(policy.value.parameters()), lr=cfg.value_lr))
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+
+    step, cursor = 0, 0
+    if resume is not None:
+        ckpt = latest_checkpoint(run)
+        if ckpt is not None:
+            step, cursor = load_checkpoint(ckpt, policy, opt, sched)
+            log(f"resumed from {ckpt} (step {step})")
+        if rank == 0:
+            truncate_jsonl(run / "metrics.jsonl", step)
+            truncate_jsonl(run / "samples.jsonl", step)
+        barrier(world)
+
+    per_rank = cfg.prompts_per_step // world
+    t_start, bad, first = time.time(), 0, None
+    bar = tqdm(range(step + 1, cfg.steps + 1), desc=f"{cfg.algo}", disable=rank != 0, dynamic_ncols=True,
+               initial=step, total=cfg.steps)
+    metrics = {}
+    for step in bar:
+        t0 = time.perf_counter()
+        batch = draw_items(items, cursor, cfg.prompts_per_step, cfg.seed)[rank * per_rank:(rank + 1) * per_rank]
+        cursor += cfg.prompts_per_step
+        timers = {}
+        if cfg.algo == "sft":
+            metrics, records = sft_step(cfg, policy, ddp_policy, opt, tokenizer, batch, step, rank, eos_id, device,
+                                        timers)
+        else:
+            metrics, records = rl_step(cfg, policy, ddp_policy, ref, opt, tokenizer, batch, step, rank, eos_id,
+                                       device, timers)
+        if metrics is None:
+            bad += 1
+            log(f"warning: step {step}: non-finite loss or gradient, update skipped ({bad} in a row)")
+            if bad >= cfg.max_bad_steps:
+                raise SystemExit(f"stopping: {bad} non-finite steps in a row; the last good checkpoint is "
+                                 f"{latest_checkpoint(run)} (untouched)")
+            continue
+        bad = 0
+        sched.step()
+        metrics.update({f"time_{k}": v for k, v in timers.items()})
+        metrics = all_mean(metrics, device, world)
+        metrics["tokens_per_s"] = metrics["gen_tokens"] * world / (time.perf_counter() - t0)
+        metrics.update(step=step, lr=sched.get_last_lr()[0], seconds=time.time() - t_start)
+        first = first or metrics
+        if rank == 0:
+            with open(run / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if records and (step % cfg.sample_every == 0 or step == 1):
+                with open(run / "samples.jsonl", "a") as f:
+                    for r in records[:cfg.n_samples]:
+                        f.write(json.dumps(dict(step=step, **r)) + "\n")
+            if "reward_mean" in metrics:
+                bar.set_postfix(reward=f"{metrics['reward_mean']:+.2f}", acc=f"{metrics['accuracy']:.2f}",
+                                fmt=f"{metrics['format_rate']:.2f}")
+            else:
+                bar.set_postfix(loss=f"{metrics['sft_loss']:.3f}")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            if rank == 0:
+                save_checkpoint(run, step, policy, opt, sched, cursor, cfg.keep_last, model_dir / "tokenizer.json")
+            barrier(world)
+    bar.close()
+
+    final = dict(steps=cfg.steps, seconds=time.time() - t_start, algo=cfg.algo)
+    if heldout:
+        recs = evaluation.answer_items(lm.eval(), tokenizer, data.shard(heldout, rank, world), cfg.template,
+                                       cfg.max_new_tokens, eos_id=eos_id, strict=cfg.strict,
+                                       min_think_words=cfg.min_think_words)
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, recs)
+            recs = [r for g in gathered for r in g]
+        final.update(heldout_n=len(recs), heldout_accuracy=float(np.mean([r["correct"] for r in recs])),
+                     heldout_format_rate=float(np.mean([r["format_ok"] for r in recs])))
+    final["last"] = metrics
+    # DDP must keep every rank's weights identical; record a checksum per rank so a divergence is visible
+    checksum = float(sum(p.detach().double().sum() for p in policy.parameters()))
+    final["rank_checksums"] = [checksum]
+    if world > 1:
+        final["rank_checksums"] = [None] * world
+        dist.all_gather_object(final["rank_checksums"], checksum)
+    if rank == 0:
+        (run / "final.json").write_text(json.dumps(final, indent=2))
+        summary = f"done: {cfg.algo}, {cfg.steps} steps in {final['seconds']:.0f}s"
+        if first and "reward_mean" in first and "reward_mean" in metrics:
+            summary += (f"; reward {first['reward_mean']:+.2f} -> {metrics['reward_mean']:+.2f}, accuracy "
+                        f"{first['accuracy']:.2f} -> {metrics['accuracy']:.2f}, format {first['format_rate']:.2f} -> "
+                        f"{metrics['format_rate']:.2f}")
+        if heldout:
+            summary += f"; held-out accuracy {final['heldout_accuracy']:.3f} (format {final['heldout_format_rate']:.2f})"
+        print(summary + f" -> {run / 'final.json'}")
+    if world > 1:
+        dist.destroy_process_group()
+    return final
+
+
+if __name__ == "__main__":
+    main()
