@@ -1,38 +1,45 @@
-"""Benchmarks, each a ratio against a baseline run side by side on the same machine.
+"""Benchmarks: each number is a ratio against a baseline run side by side, or a phase split, on this machine.
 
-    python bench.py sampler              # our KV-cached sampler vs transformers.generate (CPU cases medium, tiny)
-    python bench.py sampler --gpu        # Qwen2.5-3B shape, bf16, batch 64, prompt 256, 512 new tokens (+ roofline)
-    python bench.py train                # one RL step of the demo preset, split by phase, tokens/s
-    python bench.py train --gpu          # one PPO step of the qwen2.5-3b preset on random weights: memory, MFU
-    python bench.py --gpu-suite [--dry-run]   # everything that needs a GPU, in one call (see BENCHMARKS.md)
+    python bench.py sampler                   # our KV-cached sampler vs transformers.generate, CPU cases medium, tiny
+    python bench.py sampler --gpu             # Qwen2.5-3B shape, bf16, batch 64, prompt 256, 512 new (+ roofline)
+    python bench.py train                     # RL steps of the demo preset: seconds per phase, tokens/s (CPU)
+    python bench.py train --gpu               # one PPO step of the qwen2.5-3b preset, 64 x 1024: memory, MFU
+    python bench.py --gpu-suite [--dry-run]   # everything that needs a GPU, in one call; --dry-run: tiny, on CPU
 
-`transformers` is only needed for the baseline (requirements-dev.txt). Results go to stdout; the last line of
-`sampler` is `sampler_speedup_vs_hf=<ratio>` for the first case run.
+`transformers` is only the baseline (requirements-dev.txt). `sampler` ends with `sampler_speedup_vs_hf=<ratio>` for
+its first case. The GPU suite prints a short table last and writes its full log to $OUT (or --log-dir).
 """
 
 import argparse
 import json
 import os
+import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+import data
 import model as M
+import train
 
-HERE = Path(__file__).resolve().parent
-QWEN3B_CONFIG = HERE.parent / "shared" / "ref" / "qwen2.5-3b-config.json"
+# Qwen2.5-3B's shape, from its config.json (tests/test_bench.py checks it against ../shared/ref when present)
+QWEN25_3B = dict(dim=2048, n_layers=36, n_heads=16, n_kv_heads=2, intermediate_size=11008, vocab_size=151936,
+                 norm_eps=1e-6, rope_theta=1e6, tie_embeddings=True)
+# ~40M parameters: both samplers spend most of a step in matrix multiplies, so the ceiling is low
+MEDIUM = dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2, intermediate_size=1408, vocab_size=32000)
+# what a dry run of the GPU suite uses instead of QWEN25_3B
+DRY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=128, vocab_size=1024, tie_embeddings=True)
 
-# (model shape, dtype, batch, prompt length, new tokens)
+# name: (shape, dtype, batch, prompt length, new tokens)
 SAMPLER_CASES = {
-    # ~40M parameters: both samplers spend most of a step in matrix multiplies, so the ceiling is low
-    "medium": (dict(dim=512, n_layers=8, n_heads=8, n_kv_heads=2, intermediate_size=1408, vocab_size=32000),
-               torch.float32, 16, 64, 128),
-    # the demo model's shape: per-step overhead dominates
-    "tiny": (None, torch.float32, 64, 32, 32),
+    "medium": (MEDIUM, torch.float32, 16, 64, 128),
+    "tiny": (None, torch.float32, 64, 32, 32),  # the demo model's shape: per-step overhead dominates
+    "gpu": (QWEN25_3B, torch.bfloat16, 64, 256, 512),
+    "dry": (DRY, torch.float32, 4, 16, 8),
 }
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, per GPU
 
 
 def sync(device):
@@ -40,33 +47,46 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def demo_shape():
-    import train
-    return train.demo_model_args(vocab_size=512).__dict__
+def shape_of(case_shape):
+    return case_shape if case_shape is not None else \
+        {k: v for k, v in train.demo_model_args(512).__dict__.items() if k not in ("eos_id", "bos_id", "max_seq_len")}
 
 
-def qwen3b_shape():
-    cfg = json.loads(QWEN3B_CONFIG.read_text())
-    a = M.ModelArgs.from_hf_config(cfg, str(QWEN3B_CONFIG))
-    return dict(dim=a.dim, n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads,
-                intermediate_size=a.intermediate_size, vocab_size=a.vocab_size, rope_theta=a.rope_theta,
-                tie_embeddings=a.tie_embeddings, norm_eps=a.norm_eps)
+def random_model(shape, dtype, device, seed=0, max_seq_len=4096):
+    """Random weights built straight on the device (a 3B model initialised on CPU would take minutes)."""
+    args = M.ModelArgs(**{**shape, "max_seq_len": max_seq_len, "eos_id": 0})
+    with torch.device(device):
+        m = M.Transformer(args)
+    g = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0, 0.02, generator=g)
+    return m.to(dtype).eval()
 
 
-def random_checkpoint(shape: dict, dtype, folder: Path, seed=0):
-    """A random-weight Qwen2 written in HF layout, so both samplers load the same file."""
-    args = M.ModelArgs(**{**shape, "max_seq_len": 4096})
-    m = M.Transformer(args).init_weights(seed)
-    M.save_pretrained(m, folder, dtype=dtype)
-    return folder
+def hf_twin(ours: M.Transformer):
+    """transformers' Qwen2ForCausalLM holding the same weights (the baseline and the oracle)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    w = ours.model.embed_tokens.weight
+    cfg = Qwen2Config(**{k: v for k, v in ours.args.to_hf_config(w.dtype).items() if k != "torch_dtype"})
+    with torch.device(w.device):
+        hf = Qwen2ForCausalLM(cfg).to(w.dtype)
+    hf.load_state_dict(ours.state_dict(), strict=not ours.args.tie_embeddings)
+    if ours.args.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
 
 
-def time_ours(model, prompts, new, device, reps, compile=None):
-    M.generate(model, prompts, new, temperature=1.0, seed=0, compile=compile)  # warm-up (and compile)
+def time_ours(model, prompts, new, device, reps):
+    M.generate(model, prompts, new, temperature=1.0, seed=0)  # warm-up (and, on CUDA, compile + graph capture)
     sync(device)
     t0 = time.perf_counter()
     for r in range(reps):
-        out = M.generate(model, prompts, new, temperature=1.0, seed=r, compile=compile)
+        out = M.generate(model, prompts, new, temperature=1.0, seed=r)
     sync(device)
     assert all(len(t) == new for t in out.tokens)
     return (time.perf_counter() - t0) / reps
@@ -77,7 +97,8 @@ def time_hf(hf, prompts, new, device, reps, static=False):
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
               eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(x))
     if static:
-        kw.update(cache_implementation="static")
+        kw.update(cache_implementation="static", compile_config=None)
+        hf.forward = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
     hf.generate(x, **kw)
     sync(device)
     t0 = time.perf_counter()
@@ -89,7 +110,7 @@ def time_hf(hf, prompts, new, device, reps, static=False):
 
 
 def copy_bandwidth(device, nbytes=2**30):
-    """Measured device-to-device copy bandwidth in bytes/s (read + write)."""
+    """Measured device-to-device copy bandwidth, bytes/s (each copy reads and writes nbytes)."""
     a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device)
     b = torch.empty_like(a)
     b.copy_(a)
@@ -101,90 +122,221 @@ def copy_bandwidth(device, nbytes=2**30):
     return 2 * nbytes * 10 / (time.perf_counter() - t0)
 
 
-def bench_sampler(case: str, device, reps: int, log=print):
-    from transformers import Qwen2ForCausalLM
+def decode_step_seconds(model, prompts, new, device):
+    """Seconds per decode step: (a run of `new` tokens - a run of 1 token, i.e. the prefill) / (new - 1)."""
+    def run(n):
+        sync(device)
+        t0 = time.perf_counter()
+        M.generate(model, prompts, n, seed=0)
+        sync(device)
+        return time.perf_counter() - t0
+    run(new)
+    return (run(new) - run(1)) / (new - 1)
 
-    shape, dtype, B, P, new = SAMPLER_CASES[case] if case in SAMPLER_CASES else GPU_SAMPLER_CASE
-    shape = shape or demo_shape()
-    with tempfile.TemporaryDirectory() as d:
-        random_checkpoint(shape, dtype, Path(d))
-        ours = M.Transformer.from_pretrained(d, device=device, dtype=dtype)
-        hf = Qwen2ForCausalLM.from_pretrained(d, dtype=dtype).to(device).eval()
-    g = torch.Generator().manual_seed(0)
-    prompts = torch.randint(0, shape["vocab_size"], (B, P), generator=g).tolist()
-    row = {"case": case, "batch": B, "prompt": P, "new": new, "dtype": str(dtype).removeprefix("torch.")}
+
+def bench_sampler(case, device, reps, log=print, roofline=False, hf_static=False):
+    shape, dtype, B, P, new = SAMPLER_CASES[case]
+    shape = shape_of(shape)
+    ours = random_model(shape, dtype, device)
+    hf = hf_twin(ours)
+    prompts = torch.randint(0, shape["vocab_size"], (B, P), generator=torch.Generator().manual_seed(0)).tolist()
+    row = dict(case=case, batch=B, prompt=P, new=new, dtype=str(dtype).removeprefix("torch."))
+    t0 = time.perf_counter()
+    M.generate(ours, prompts, 8, seed=0)
+    row["first_call_s"] = time.perf_counter() - t0  # on CUDA: compile + CUDA-graph capture
     t_ours = time_ours(ours, prompts, new, device, reps)
     t_hf = time_hf(hf, prompts, new, device, reps)
     row.update(ours_tok_s=B * new / t_ours, hf_tok_s=B * new / t_hf, speedup=t_hf / t_ours)
-    if device.type == "cuda":
+    if hf_static:
         try:
             t_static = time_hf(hf, prompts, new, device, reps, static=True)
             row.update(hf_static_tok_s=B * new / t_static, speedup_vs_static=t_static / t_ours)
-        except Exception as e:  # a transformers version whose static cache fails here: say so, keep the rest
-            row["hf_static_error"] = f"{type(e).__name__}: {e}"[:200]
-        # roofline: one decode step must read every weight and the KV cache once
-        t_decode = decode_step_time(ours, prompts, new, device)
+        except Exception as e:  # a transformers version whose static cache + compile fails: say so, keep the rest
+            row["hf_static_error"] = f"{type(e).__name__}: {e}"[:300]
+    if roofline:
+        # a decode step must read every weight once and, on average, half of the final KV cache
+        step = decode_step_seconds(ours, prompts, new, device)
+        a = ours.args
         weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
-        S = P + new // 2  # mean cache fill over the run
-        kv_bytes = 2 * ours.args.n_layers * B * ours.args.n_kv_heads * S * ours.args.head_dim * dtype.itemsize
+        kv_bytes = 2 * a.n_layers * B * a.n_kv_heads * (P + new / 2) * a.head_dim * dtype.itemsize
         bw = copy_bandwidth(device)
-        row.update(decode_step_ms=1e3 * t_decode, copy_bw_gb_s=bw / 1e9,
-                   roofline_fraction=(weight_bytes + kv_bytes) / t_decode / bw)
+        row.update(decode_step_ms=1e3 * step, copy_bw_gb_s=bw / 1e9, bytes_per_step_gb=(weight_bytes + kv_bytes) / 1e9,
+                   roofline_fraction=(weight_bytes + kv_bytes) / step / bw)
     log(json.dumps(row))
+    del ours, hf
     return row
 
 
-def decode_step_time(model, prompts, new, device):
-    """Seconds per decode step: a full run minus a run of one new token (the prefill), over the extra steps."""
-    M.generate(model, prompts, 2, seed=0)
-    sync(device)
-    t0 = time.perf_counter()
-    M.generate(model, prompts, 1, seed=0)
-    sync(device)
-    t_prefill = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    M.generate(model, prompts, new, seed=0)
-    sync(device)
-    return (time.perf_counter() - t0 - t_prefill) / (new - 1)
-
-
-GPU_SAMPLER_CASE = (None, torch.bfloat16, 64, 256, 512)
-
-
-def print_sampler_table(rows, log=print):
-    log(f"{'case':8} {'batch':>5} {'prompt':>6} {'new':>4} {'ours tok/s':>11} {'hf tok/s':>9} {'speedup':>8}")
+def sampler_table(rows):
+    lines = [f"{'case':7} {'batch':>5} {'prompt':>6} {'new':>4} {'ours tok/s':>11} {'hf tok/s':>9} {'speedup':>8}"]
     for r in rows:
-        log(f"{r['case']:8} {r['batch']:>5} {r['prompt']:>6} {r['new']:>4} {r['ours_tok_s']:>11.0f} "
-            f"{r['hf_tok_s']:>9.0f} {r['speedup']:>7.2f}x")
+        lines.append(f"{r['case']:7} {r['batch']:>5} {r['prompt']:>6} {r['new']:>4} {r['ours_tok_s']:>11.0f} "
+                     f"{r['hf_tok_s']:>9.0f} {r['speedup']:>7.2f}x")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Training step
+
+
+def bench_train(device, shape, cfg: train.Config, steps, log=print):
+    """RL steps of train.rl_step on random weights: seconds per phase, tokens/s, peak memory, training MFU."""
+    items, _ = data.synthetic_task(max(16, cfg.prompts_per_step), 0, seed=0)
+    texts = [data.render(it, cfg.template) + data.sft_target(it, cfg.template) for it in items]
+    tokenizer = data.demo_tokenizer(texts)
+    dtype = torch.float32
+    lm = random_model(shape, dtype, device, max_seq_len=cfg.max_prompt_len + cfg.max_new_tokens + 128)
+    lm.checkpointing = cfg.grad_checkpointing
+    policy = train.Policy(lm, value_head=cfg.algo == "gae").to(device)
+    ref = random_model(shape, torch.bfloat16 if device.type == "cuda" else dtype, device,
+                       max_seq_len=lm.args.max_seq_len)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    rows = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(1, steps + 1):
+        batch = [items[(step * cfg.prompts_per_step + i) % len(items)] for i in range(cfg.prompts_per_step)]
+        timers = {}
+        t0 = time.perf_counter()
+        metrics, _ = train.rl_step(cfg, policy, policy, ref, opt, tokenizer, batch, step, 0, 0, device, timers)
+        sync(device)
+        total = time.perf_counter() - t0
+        n_tok = metrics["gen_tokens"] if metrics else float("nan")
+        row = dict(step=step, seconds=total, tokens_per_s=n_tok / total, response_len=metrics["response_len"],
+                   **{f"s_{k}": v for k, v in timers.items()})
+        n_params = sum(p.numel() for p in lm.parameters())
+        seq = cfg.max_prompt_len // 2 + metrics["response_len"]  # rough tokens per row seen by training
+        # forward+backward = 6 N per token, plus one more forward under activation checkpointing
+        flops = (8 if cfg.grad_checkpointing else 6) * n_params * seq * len(batch) * cfg.group_size * cfg.ppo_epochs
+        if device.type == "cuda":
+            row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            name = torch.cuda.get_device_name()
+            peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+            if peak:
+                row["train_mfu"] = flops / timers["train"] / peak
+        log(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
+def demo_train_config():
+    return train.Config()
+
+
+def gpu_train_config(dry: bool):
+    cfg = train.Config(**train.PRESETS["qwen2.5-3b"])
+    cfg.prompts_per_step, cfg.max_new_tokens, cfg.max_prompt_len = 64, 1024, 256
+    if dry:
+        cfg.prompts_per_step, cfg.max_new_tokens, cfg.max_prompt_len = 4, 8, 128
+        cfg.mini_batch_size, cfg.micro_batch_size = 4, 2
+    return cfg
+
+
+# -----------------------------------------------------------------------------
+# GPU suite: correctness in bf16, sampler speed + roofline, 3B PPO step memory/MFU, warm-up times
+
+
+def bf16_correctness(device, shape, log):
+    ours = random_model(shape, torch.bfloat16, device)
+    hf = hf_twin(ours)
+    x = torch.randint(0, shape["vocab_size"], (4, 256 if device.type == "cuda" else 16),
+                      generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        a, b = ours(x).float(), hf(x).logits.float()
+    rel = ((a - b).norm() / b.norm()).item()
+    prompts = x[:, :32].tolist()
+    n = 64 if device.type == "cuda" else 8
+    g = M.generate(ours, prompts, n, temperature=0)
+    ref = hf.generate(x[:, :32], max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                      pad_token_id=0, attention_mask=torch.ones_like(x[:, :32]))[:, 32:].tolist()
+    agree = sum(p == q for r, s in zip(g.tokens, ref) for p, q in zip(r, s)) / (len(ref) * n)
+    # first divergence: random weights make near-ties common, and one bf16 rounding flips an argmax
+    prefix = sum(next((i for i, (p, q) in enumerate(zip(r, s)) if p != q), n) for r, s in zip(g.tokens, ref)) / len(ref)
+    row = dict(check="bf16 logits vs transformers", rel_error=rel, greedy_token_agreement=agree,
+               greedy_mean_common_prefix=prefix, tolerance=BF16_TOLERANCE, ok=rel <= BF16_TOLERANCE)
+    log(json.dumps(row))
+    del ours, hf
+    return row
+
+
+BF16_TOLERANCE = 2e-2  # relative L2 error of logits; bf16 keeps 8 mantissa bits (~4e-3 per op), 36 layers add up
+
+
+def gpu_suite(dry_run: bool, log_dir: Path):
+    device = torch.device("cpu" if dry_run else "cuda")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_dir / "gpu_suite.jsonl", "w")
+
+    def log(line):
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    shape = DRY if dry_run else QWEN25_3B
+    log(json.dumps(dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu (dry run)",
+                        torch=torch.__version__, date=time.strftime("%Y-%m-%d"))))
+    summary = []
+    correct = bf16_correctness(device, shape, log)
+    summary.append(f"bf16 logits rel. error {correct['rel_error']:.2e} (tol {BF16_TOLERANCE:.0e}) "
+                   f"{'OK' if correct['ok'] else 'FAIL'}; greedy agreement {correct['greedy_token_agreement']:.2f}")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    s = bench_sampler("dry" if dry_run else "gpu", device, reps=1 if dry_run else 2, log=log, roofline=True,
+                      hf_static=True)
+    summary.append(f"sampler {s['ours_tok_s']:.0f} tok/s vs transformers {s['hf_tok_s']:.0f} ({s['speedup']:.2f}x)"
+                   + (f", vs static+compile {s['hf_static_tok_s']:.0f} ({s['speedup_vs_static']:.2f}x)"
+                      if "hf_static_tok_s" in s else f", static+compile failed: {s.get('hf_static_error', '')[:80]}")
+                   + f"; roofline {s['roofline_fraction']:.0%}; first call (compile+graphs) {s['first_call_s']:.1f}s")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    cfg = gpu_train_config(dry_run)
+    try:
+        rows = bench_train(device, shape, cfg, steps=2 if dry_run else 1, log=log)
+        r = rows[-1]
+        summary.append(f"PPO step {cfg.prompts_per_step}x{cfg.max_new_tokens}: {r['seconds']:.1f}s (generate "
+                       f"{r['s_generate']:.1f}, reference {r['s_reference']:.1f}, train {r['s_train']:.1f}); peak "
+                       f"{r.get('peak_mem_gb', float('nan')):.1f} GB; MFU {r.get('train_mfu', float('nan')):.1%}")
+    except torch.OutOfMemoryError as e:
+        log(json.dumps(dict(check="ppo step", error=f"OOM: {e}"[:300])))
+        summary.append(f"PPO step {cfg.prompts_per_step}x{cfg.max_new_tokens}: out of memory")
+    log("summary:\n  " + "\n  ".join(summary))
+    log_file.close()
+    return correct["ok"]
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", nargs="?", choices=["sampler", "train"])
-    ap.add_argument("--gpu", action="store_true", help="run the GPU case (Qwen2.5-3B shape) instead of the CPU ones")
+    ap.add_argument("--gpu", action="store_true", help="the GPU case (Qwen2.5-3B shape, bf16) instead of the CPU ones")
     ap.add_argument("--cases", default="medium,tiny", help="CPU sampler cases, comma-separated")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--gpu-suite", action="store_true")
-    ap.add_argument("--dry-run", action="store_true", help="with --gpu-suite: tiny shapes on CPU, to catch typos")
+    ap.add_argument("--steps", type=int, default=3, help="train: RL steps to time")
+    ap.add_argument("--gpu-suite", action="store_true", help="everything that needs a GPU, in one call")
+    ap.add_argument("--dry-run", action="store_true", help="with --gpu-suite: tiny shapes on CPU, to catch mistakes")
+    ap.add_argument("--log-dir", default=os.environ.get("OUT", "bench_out"))
     a = ap.parse_args()
+    if a.gpu_suite:
+        sys.exit(0 if gpu_suite(a.dry_run, Path(a.log_dir)) else 1)
     if a.what == "sampler":
         if a.gpu:
-            GPU_SAMPLER_CASE_SHAPE = qwen3b_shape()
-            rows = [bench_sampler_gpu(GPU_SAMPLER_CASE_SHAPE, a.reps)]
+            rows = [bench_sampler("gpu", torch.device("cuda"), a.reps, roofline=True, hf_static=True)]
         else:
-            torch.set_num_threads(os.cpu_count())
             rows = [bench_sampler(c, torch.device("cpu"), a.reps) for c in a.cases.split(",")]
-        print_sampler_table(rows)
+        print(sampler_table(rows))
         print(f"sampler_speedup_vs_hf={rows[0]['speedup']:.2f}")
+    elif a.what == "train":
+        if a.gpu:
+            bench_train(torch.device("cuda"), QWEN25_3B, gpu_train_config(False), a.steps)
+        else:
+            rows = bench_train(torch.device("cpu"), shape_of(None), demo_train_config(), a.steps)
+            keys = [k for k in rows[-1] if k.startswith("s_")]
+            print(f"{'phase':12} {'seconds':>8}")
+            for k in keys:
+                print(f"{k[2:]:12} {sum(r[k] for r in rows[1:] or rows) / len(rows[1:] or rows):8.3f}")
+            print(f"tokens_per_s={sum(r['tokens_per_s'] for r in rows[1:] or rows) / len(rows[1:] or rows):.0f}")
     else:
         ap.print_help()
         sys.exit(2)
-
-
-def bench_sampler_gpu(shape, reps):
-    global GPU_SAMPLER_CASE
-    GPU_SAMPLER_CASE = (shape, torch.bfloat16, 64, 256, 512)
-    return bench_sampler("gpu", torch.device("cuda"), reps)
 
 
 if __name__ == "__main__":

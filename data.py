@@ -443,9 +443,14 @@ def made_up_names(rng, n, endings):
 
 
 def synthetic_task(n_train, n_heldout, seed=0):
-    """A learnable toy MCQA task. Held-out items reuse the diseases with option sets/orders never seen in training."""
-    # per disease: the gold drug plus 3 ordered distractors out of the other 15 drugs
-    capacity = N_DISEASES * 15 * 14 * 13 * N_CHOICES
+    """A learnable toy MCQA task: "Which drug treats <disease>?", four made-up drugs as options.
+
+    Every drug is always listed under the same letter (drug i under LETTERS[i % 4]) and every item lists one drug of
+    each letter, so which letter answers a disease is a fact to learn, like which drug treats it. Why: a model of ~1M
+    parameters learns such facts in seconds, while learning to find the letter of a freely placed option (an
+    induction-like lookup) took it well over a thousand steps in our trials -- too slow for a CPU demo. Distractors
+    are drawn at random; held-out items are (disease, distractors) combinations never seen in training."""
+    capacity = N_DISEASES * (N_DISEASES // N_CHOICES) ** (N_CHOICES - 1)
     if n_train < N_DISEASES or n_train + n_heldout > capacity:
         raise ValueError(f"need {N_DISEASES} <= n_train and n_train + n_heldout <= {capacity}, "
                          f"got {n_train} and {n_heldout}")
@@ -454,21 +459,22 @@ def synthetic_task(n_train, n_heldout, seed=0):
     drugs = made_up_names(rng, N_DISEASES, ["x", "l", "n", "m"])
     rng.shuffle(drugs)
     cure = dict(zip(diseases, drugs))
+    by_letter = {LETTERS[k]: drugs[k::N_CHOICES] for k in range(N_CHOICES)}
+    letter_of = {d: LETTERS[i % N_CHOICES] for i, d in enumerate(drugs)}
 
     seen = set()
 
     def make(disease, item_id):
+        gold = cure[disease]
         while True:
-            options = rng.sample([d for d in drugs if d != cure[disease]], N_CHOICES - 1) + [cure[disease]]
-            rng.shuffle(options)
-            key = (disease, tuple(options))
+            options = {L: gold if L == letter_of[gold] else rng.choice(by_letter[L]) for L in LETTERS[:N_CHOICES]}
+            key = (disease, tuple(options.values()))
             if key not in seen:
                 seen.add(key)
-                return Item(item_id, f"Which drug treats {disease}?", dict(zip(LETTERS, options)),
-                            LETTERS[options.index(cure[disease])], "synthetic")
+                return Item(item_id, f"Which drug treats {disease}?", options, letter_of[gold], "synthetic")
 
     train = [make(diseases[i % N_DISEASES], f"synthetic:train:{i}") for i in range(n_train)]
-    heldout = [make(rng.choice(diseases), f"synthetic:heldout:{i}") for i in range(n_heldout)]
+    heldout = [make(diseases[i % N_DISEASES], f"synthetic:heldout:{i}") for i in range(n_heldout)]
     rng.shuffle(train)
 
     def keys(items):

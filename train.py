@@ -69,7 +69,7 @@ class Config:
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
-    shuffle_options: bool = True      # permute options each time an item is drawn (fights position bias)
+    shuffle_options: bool = False     # permute options each time an item is drawn (fights position bias)
     strict: bool = False              # verifier mitigation: nothing allowed before <think>
     min_think_words: int = 0          # verifier mitigation: minimum reasoning length
     # optimisation
@@ -77,8 +77,8 @@ class Config:
     value_lr: float = 1e-3
     warmup_steps: int = 0             # linear LR warm-up, then constant
     weight_decay: float = 0.0
-    ppo_epochs: int = 2
-    mini_batch_size: int = 32         # rollouts per optimizer step, per rank
+    ppo_epochs: int = 1
+    mini_batch_size: int = 64         # rollouts per optimizer step, per rank
     micro_batch_size: int = 32        # rollouts per forward/backward, per rank
     grad_clip: float = 1.0
     clip: float = 0.2
@@ -93,8 +93,8 @@ class Config:
     whiten_advantages: bool = True
     loss_agg: str = "token-mean"
     # demo model (when model is None)
-    demo_warmup_steps: int = 150
-    demo_n_train: int = 2000
+    demo_warmup_steps: int = 300
+    demo_n_train: int = 600
     demo_n_heldout: int = 200
     # systems
     device: str = "auto"              # auto: cuda if available
@@ -272,8 +272,9 @@ def demo_model_args(vocab_size: int) -> M.ModelArgs:
 
 
 def teacher_reply(item: data.Item, rng: random.Random) -> str:
-    """A noisy teacher, like a base model that has seen some formatted text: a short reasoning in <think> and a
-    letter half the time right; a quarter of its replies break the format."""
+    """A noisy teacher, like a base model that has seen some formatted text: it reasons briefly in <think> and names
+    the right option half the time (a random one otherwise); a quarter of its replies break the format. Sampled at
+    temperature 1, a model trained on it is right on ~40% of the items and well formatted on ~70%."""
     letter = item.answer if rng.random() < 0.5 else rng.choice(list(item.options))
     disease = item.question.removeprefix("Which drug treats ").removesuffix("?")
     good = f"<think>\n{disease} is treated by {item.options[letter]}.\n</think>\n<answer>{letter}</answer>"
@@ -298,7 +299,7 @@ def build_demo(cfg: Config, run: Path, log):
     texts += [teacher_reply(it, rng) for it in train_items[:500]]
     tokenizer = data.demo_tokenizer(texts)
     lm = M.Transformer(demo_model_args(tokenizer.get_vocab_size())).init_weights(cfg.seed)
-    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.demo_lr if hasattr(cfg,"demo_lr") else 3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3, weight_decay=0.0)
     bar = tqdm(range(cfg.demo_warmup_steps), desc="demo warm-up", dynamic_ncols=True, leave=False)
     for step in bar:
         batch = [train_items[(step * 32 + i) % len(train_items)] for i in range(32)]
@@ -486,7 +487,7 @@ def rl_step(cfg, policy, ddp_policy, ref, opt, tokenizer, items, step, rank, eos
         pl, pst = ppo.policy_loss(logp, old_logp[idx], adv[idx], m, cfg.clip, cfg.loss_agg)
         loss = pl
         st = dict(policy_loss=pl.item(), clipfrac=float(pst["clipfrac"]), approx_kl=float(pst["approx_kl"]),
-                  entropy=float(ppo.masked_mean(ent, m)))
+                  entropy=float(ppo.masked_mean(ent.detach(), m)))
         if values is not None:
             vl, vst = ppo.value_loss(values, old_values[idx], returns[idx], m, cfg.value_clip, cfg.loss_agg)
             loss = loss + cfg.vf_coef * vl
@@ -617,7 +618,21 @@ def barrier(world):
         dist.barrier()
 
 
+def heldout_eval(cfg, lm, tokenizer, heldout, eos_id, rank, world, temperature):
+    """Accuracy and format rate on the held-out items, each rank answering its shard."""
+    recs = evaluation.answer_items(lm.eval(), tokenizer, data.shard(heldout, rank, world), cfg.template,
+                                   cfg.max_new_tokens, temperature=temperature, seed=cfg.seed, eos_id=eos_id,
+                                   strict=cfg.strict, min_think_words=cfg.min_think_words)
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, recs)
+        recs = [r for g in gathered for r in g]
+    return dict(n=len(recs), accuracy=float(np.mean([r["correct"] for r in recs])),
+                format_rate=float(np.mean([r["format_ok"] for r in recs])))
+
+
 def main(argv=None):
+    t_start = time.time()
     cfg, resume = parse_config(argv)
     rank, world, device = setup_distributed(cfg)
     check_config(cfg, world)
@@ -672,7 +687,7 @@ def main(argv=None):
         barrier(world)
 
     per_rank = cfg.prompts_per_step // world
-    t_start, bad, first = time.time(), 0, None
+    bad, first = 0, None
     bar = tqdm(range(step + 1, cfg.steps + 1), desc=f"{cfg.algo}", disable=rank != 0, dynamic_ncols=True,
                initial=step, total=cfg.steps)
     metrics = {}
@@ -721,15 +736,11 @@ def main(argv=None):
 
     final = dict(steps=cfg.steps, seconds=time.time() - t_start, algo=cfg.algo)
     if heldout:
-        recs = evaluation.answer_items(lm.eval(), tokenizer, data.shard(heldout, rank, world), cfg.template,
-                                       cfg.max_new_tokens, eos_id=eos_id, strict=cfg.strict,
-                                       min_think_words=cfg.min_think_words)
-        if world > 1:
-            gathered = [None] * world
-            dist.all_gather_object(gathered, recs)
-            recs = [r for g in gathered for r in g]
-        final.update(heldout_n=len(recs), heldout_accuracy=float(np.mean([r["correct"] for r in recs])),
-                     heldout_format_rate=float(np.mean([r["format_ok"] for r in recs])))
+        greedy = heldout_eval(cfg, lm, tokenizer, heldout, eos_id, rank, world, temperature=0.0)
+        final.update(heldout_n=greedy["n"], heldout_accuracy=greedy["accuracy"], heldout_format_rate=greedy["format_rate"])
+        if cfg.algo != "sft":  # RL trains the sampling policy: report it too, at the rollout temperature
+            sampled = heldout_eval(cfg, lm, tokenizer, heldout, eos_id, rank, world, temperature=cfg.temperature)
+            final.update(heldout_sampled_accuracy=sampled["accuracy"], heldout_sampled_format_rate=sampled["format_rate"])
     final["last"] = metrics
     # DDP must keep every rank's weights identical; record a checksum per rank so a divergence is visible
     checksum = float(sum(p.detach().double().sum() for p in policy.parameters()))
