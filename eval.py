@@ -291,6 +291,7 @@ def evaluate(argv):
         gathered = [None] * world
         dist.all_gather_object(gathered, indexed)
         indexed = [x for g in gathered for x in g]
+        dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
     if rank != 0:
         return None

@@ -449,7 +449,7 @@ def compiled_decode(device_type: str):
     return _compiled[device_type]
 
 
-CACHE_ROUND = 128  # cache length rounded up, so batches of similar prompt lengths reuse one compiled graph
+CACHE_ROUND = 128  # compiled: cache length rounded up, so batches of similar prompt lengths reuse one graph
 EOS_CHECK_EVERY = 16  # steps between host syncs that look whether every row is done
 
 
@@ -482,7 +482,9 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,)).item()))
 
-    S = min(-(-(P + max_new_tokens) // CACHE_ROUND) * CACHE_ROUND, model.args.max_seq_len)
+    S = P + max_new_tokens
+    if compile:  # CUDA graphs are recorded per cache length: round it so similar batches share one graph
+        S = min(-(-S // CACHE_ROUND) * CACHE_ROUND, model.args.max_seq_len)
     if model.cache_shape() != (B, S, model.model.embed_tokens.weight.dtype):
         model.setup_cache(B, S)
     tokens = torch.full((B, P), pad_id, dtype=torch.long)

@@ -64,7 +64,7 @@ class Config:
     # rollout
     steps: int = 40
     prompts_per_step: int = 16        # over all ranks
-    group_size: int = 4               # samples per prompt (GRPO / RLOO need >= 2)
+    group_size: int = 4               # samples per prompt (GRPO / RLOO need >= 2); sft: items per step = prompts x this
     max_prompt_len: int = 256
     max_new_tokens: int = 32
     temperature: float = 1.0
@@ -178,7 +178,7 @@ def check_config(cfg: Config, world: int):
         fail(f"algo {cfg.algo!r} unknown; expected one of {ALGOS}")
     if cfg.prompts_per_step % world:
         fail(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of ranks ({world})")
-    rows = cfg.prompts_per_step // world * (1 if cfg.algo == "sft" else cfg.group_size)
+    rows = cfg.prompts_per_step // world * cfg.group_size
     if rows % cfg.mini_batch_size:
         fail(f"rollouts per rank per step ({rows} = prompts_per_step {cfg.prompts_per_step} / {world} ranks x "
              f"group_size {cfg.group_size}) must be divisible by mini_batch_size {cfg.mini_batch_size}")
@@ -597,12 +597,15 @@ def load_items(files, tokenizer, cfg, what):
     return items
 
 
-def prepare_run_folder(cfg: Config, resume, rank):
+def prepare_run_folder(cfg: Config, resume, rank, world):
+    """Refuses a folder that holds something else (checked on every rank before any rank writes), then writes
+    config.json (rank 0)."""
     run = Path(cfg.out)
     if resume is None and run.exists() and any(run.iterdir()):
         if (run / "config.json").exists():
             raise SystemExit(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
         raise SystemExit(f"{run} exists, is not empty and is not a med-rlvr run folder; refusing to write into it")
+    barrier(world)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         tmp = run / "config.json.tmp"
@@ -610,6 +613,7 @@ def prepare_run_folder(cfg: Config, resume, rank):
         os.replace(tmp, run / "config.json")
         for old in (run / "checkpoints").glob(".tmp_*") if (run / "checkpoints").is_dir() else []:
             shutil.rmtree(old)  # a checkpoint that a killed run was writing
+    barrier(world)
     return run
 
 
@@ -637,8 +641,7 @@ def main(argv=None):
     rank, world, device = setup_distributed(cfg)
     check_config(cfg, world)
     log = (lambda *a: tqdm.write(" ".join(map(str, a)))) if rank == 0 else (lambda *a: None)
-    run = prepare_run_folder(cfg, resume, rank)
-    barrier(world)
+    run = prepare_run_folder(cfg, resume, rank, world)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)  # same initialisation (value head) on every rank
@@ -686,15 +689,17 @@ def main(argv=None):
             truncate_jsonl(run / "samples.jsonl", step)
         barrier(world)
 
-    per_rank = cfg.prompts_per_step // world
+    # SFT has no samples to draw: it takes group_size times more items, so a step has as many rows as in RL
+    per_step = cfg.prompts_per_step * (cfg.group_size if cfg.algo == "sft" else 1)
+    per_rank = per_step // world
     bad, first = 0, None
     bar = tqdm(range(step + 1, cfg.steps + 1), desc=f"{cfg.algo}", disable=rank != 0, dynamic_ncols=True,
                initial=step, total=cfg.steps)
     metrics = {}
     for step in bar:
         t0 = time.perf_counter()
-        batch = draw_items(items, cursor, cfg.prompts_per_step, cfg.seed)[rank * per_rank:(rank + 1) * per_rank]
-        cursor += cfg.prompts_per_step
+        batch = draw_items(items, cursor, per_step, cfg.seed)[rank * per_rank:(rank + 1) * per_rank]
+        cursor += per_step
         timers = {}
         if cfg.algo == "sft":
             metrics, records = sft_step(cfg, policy, ddp_policy, opt, tokenizer, batch, step, rank, eos_id, device,
@@ -759,6 +764,7 @@ def main(argv=None):
             summary += f"; held-out accuracy {final['heldout_accuracy']:.3f} (format {final['heldout_format_rate']:.2f})"
         print(summary + f" -> {run / 'final.json'}")
     if world > 1:
+        dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
     return final
 

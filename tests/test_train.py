@@ -175,7 +175,6 @@ def test_empty_dataset_and_indivisible_batch(base, tmp_path):
 
 def test_sft_learns_the_synthetic_task(base, tmp_path):
     run = tmp_path / "sft"
-    final = train.main(real_run(base, "--out", str(run), "--algo", "sft", "--steps", "150", "--prompts-per-step",
-                                "32", "--mini-batch-size", "32", "--micro-batch-size", "32", "--lr", "2e-3",
+    final = train.main(real_run(base, "--out", str(run), "--algo", "sft", "--steps", "100",
                                 "--heldout", str(base / "data" / "heldout.jsonl")))
     assert final["heldout_accuracy"] >= 0.9, final
