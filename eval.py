@@ -246,10 +246,11 @@ def parse_eval_args(argv):
     return args
 
 
-def setup_distributed():
-    """(rank, world, device) from torchrun's environment; one process: (0, 1, cuda or cpu)."""
+def setup_distributed(device="auto"):
+    """(rank, world, device) from torchrun's environment; one process: (0, 1, cuda or cpu). device: auto (cuda if
+    available), cuda or cpu. Joins the process group (NCCL on GPU, gloo on CPU) when there are several ranks."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if torch.cuda.is_available():
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)

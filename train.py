@@ -22,15 +22,17 @@ checkpoints/step_XXXXXX/ (policy in HF layout + value head, optimizer, schedule,
 
 import argparse
 import copy
+import inspect
 import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -53,58 +55,63 @@ import verifier
 
 @dataclass
 class Config:
-    # what to train
-    model: str | None = None          # HF checkpoint folder (config.json, safetensors, tokenizer.json); None: demo model
-    train: list[str] = field(default_factory=list)    # MCQA files (data.load_mcqa); empty: the synthetic task
-    heldout: list[str] = field(default_factory=list)  # evaluated (greedy) at the end into final.json
-    template: str = "base"
+    # what to train (each comment is also the flag's --help)
+    model: str | None = None          # HF checkpoint folder (config.json, safetensors, tokenizer.json); none: demo model
+    train: list[str] = field(default_factory=list)    # MCQA files (data.load_mcqa); none: the synthetic demo task
+    heldout: list[str] = field(default_factory=list)  # MCQA files answered at the end (greedy and sampled) into final.json
+    template: str = "base"            # prompt template (data.TEMPLATES)
     algo: str = "gae"                 # gae (PPO + value head) | grpo | rloo | reinforce++ | sft
-    out: str = "runs/demo"
-    seed: int = 0
+    out: str = "runs/demo"            # run folder
+    seed: int = 0                     # seeds data order, sampling, PPO mini-batches and the demo
     # rollout
-    steps: int = 40
-    prompts_per_step: int = 16        # over all ranks
+    steps: int = 40                   # training steps (one rollout batch each)
+    prompts_per_step: int = 16        # prompts per step over all ranks
     group_size: int = 4               # samples per prompt (GRPO / RLOO need >= 2); sft: items per step = prompts x this
-    max_prompt_len: int = 256
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_prompt_len: int = 256         # longer prompts are dropped (and counted) when the data is loaded
+    max_new_tokens: int = 32          # reply length limit
+    temperature: float = 1.0          # rollout sampling temperature
+    top_p: float = 1.0                # rollout nucleus sampling
     shuffle_options: bool = False     # permute options each time an item is drawn (fights position bias)
     strict: bool = False              # verifier mitigation: nothing allowed before <think>
-    min_think_words: int = 0          # verifier mitigation: minimum reasoning length
+    min_think_words: int = 0          # verifier mitigation: minimum reasoning length in words
     # optimisation
-    lr: float = 1e-3
-    value_lr: float = 1e-3
+    lr: float = 1e-3                  # policy learning rate (AdamW)
+    value_lr: float = 1e-3            # value head learning rate
     warmup_steps: int = 0             # linear LR warm-up, then constant
-    weight_decay: float = 0.0
-    ppo_epochs: int = 1
-    mini_batch_size: int = 64         # rollouts per optimizer step, per rank
-    micro_batch_size: int = 32        # rollouts per forward/backward, per rank
-    grad_clip: float = 1.0
-    clip: float = 0.2
-    value_clip: float = 0.2
-    vf_coef: float = 0.5
-    entropy_coef: float = 0.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    kl_coef: float = 0.001
-    kl_kind: str = "k1"
-    kl_in_reward: bool = True         # per-token penalty in the reward (the paper); False: a loss term (GRPO style)
-    whiten_advantages: bool = True
-    loss_agg: str = "token-mean"
+    weight_decay: float = 0.0         # AdamW weight decay
+    ppo_epochs: int = 1               # passes over each rollout batch
+    mini_batch_size: int = 64         # rollouts per optimizer step, over all ranks
+    micro_batch_size: int = 32        # rollouts per forward/backward, per rank (gradient accumulation)
+    grad_clip: float = 1.0            # max gradient norm
+    clip: float = 0.2                 # PPO ratio clip
+    value_clip: float = 0.2           # value clip around the rollout's values
+    vf_coef: float = 0.5              # value loss weight
+    entropy_coef: float = 0.0         # entropy bonus weight
+    gamma: float = 1.0                # discount
+    lam: float = 0.95                 # GAE lambda
+    kl_coef: float = 0.001            # KL penalty weight (against the frozen reference model)
+    kl_kind: str = "k1"               # KL estimator: k1 | k2 | k3
+    kl_in_reward: bool = True         # per-token penalty in the reward (the paper); no: a loss term (GRPO style)
+    whiten_advantages: bool = True    # normalise GAE advantages over the batch
+    loss_agg: str = "token-mean"      # token-mean | seq-mean
     # demo model (when model is None)
-    demo_warmup_steps: int = 300
-    demo_n_train: int = 600
-    demo_n_heldout: int = 200
+    demo_warmup_steps: int = 300      # supervised warm-up on the noisy teacher
+    demo_n_train: int = 600           # synthetic training items
+    demo_n_heldout: int = 200         # synthetic held-out items
     # systems
-    device: str = "auto"              # auto: cuda if available
-    bf16: bool = True                 # on CUDA: bf16 autocast, bf16 reference model and KV cache
-    grad_checkpointing: bool = False
-    save_every: int = 20
-    keep_last: int = 2
-    sample_every: int = 5
-    n_samples: int = 4
+    device: str = "auto"              # auto (cuda if available) | cuda | cpu
+    bf16: bool = True                 # on CUDA: bf16 autocast and a bf16 reference model
+    grad_checkpointing: bool = False  # activation checkpointing per transformer block
+    save_every: int = 20              # checkpoint every N steps (and at the end)
+    keep_last: int = 2                # checkpoints kept
+    sample_every: int = 5             # write replies to samples.jsonl every N steps
+    n_samples: int = 4                # replies written each time
     max_bad_steps: int = 3            # consecutive non-finite steps before the run stops
+
+
+def field_help() -> dict:
+    """The comment after each Config field, so that --help and the code say the same thing."""
+    return {m[1]: m[2] for m in re.finditer(r"^    (\w+): .*?# (.*)$", inspect.getsource(Config), re.M)}
 
 
 PRESETS = {
@@ -132,20 +139,22 @@ RESUME_MAY_CHANGE = {"steps", "save_every", "keep_last", "sample_every", "n_samp
 def parse_config(argv=None) -> tuple[Config, str | None]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  argument_default=argparse.SUPPRESS)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="defaults to start from; flags override")
     ap.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its last checkpoint")
+    helps = field_help()
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        kw = dict(help=f"{helps[f.name]} (default: {f.default if f.default is not MISSING else 'none'})")
         if f.type is bool:
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction)
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name in ("train", "heldout"):
-            ap.add_argument(flag, nargs="+", metavar="FILE")
+            ap.add_argument(flag, nargs="+", metavar="FILE", **kw)
         elif f.name == "algo":
-            ap.add_argument(flag, choices=ALGOS)
+            ap.add_argument(flag, choices=ALGOS, **kw)
         elif f.name == "template":
-            ap.add_argument(flag, choices=data.TEMPLATES)
+            ap.add_argument(flag, choices=data.TEMPLATES, **kw)
         else:
-            ap.add_argument(flag, type=f.type if f.type in (int, float) else str)
+            ap.add_argument(flag, type=f.type if f.type in (int, float) else str, **kw)
     a = vars(ap.parse_args(argv))
     preset, resume = a.pop("preset"), a.pop("resume")
     if resume is not None:
@@ -179,11 +188,16 @@ def check_config(cfg: Config, world: int):
     if cfg.prompts_per_step % world:
         fail(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of ranks ({world})")
     rows = cfg.prompts_per_step // world * cfg.group_size
-    if rows % cfg.mini_batch_size:
+    if cfg.mini_batch_size % world:
+        fail(f"mini_batch_size {cfg.mini_batch_size} must be divisible by the number of ranks ({world})")
+    mini = cfg.mini_batch_size // world
+    if rows % mini:
         fail(f"rollouts per rank per step ({rows} = prompts_per_step {cfg.prompts_per_step} / {world} ranks x "
-             f"group_size {cfg.group_size}) must be divisible by mini_batch_size {cfg.mini_batch_size}")
-    if cfg.mini_batch_size % cfg.micro_batch_size:
-        fail(f"mini_batch_size {cfg.mini_batch_size} must be divisible by micro_batch_size {cfg.micro_batch_size}")
+             f"group_size {cfg.group_size}) must be divisible by mini_batch_size {cfg.mini_batch_size} / {world} "
+             f"ranks = {mini}")
+    if mini % cfg.micro_batch_size:
+        fail(f"mini_batch_size {cfg.mini_batch_size} / {world} ranks = {mini} must be divisible by "
+             f"micro_batch_size {cfg.micro_batch_size}")
     if cfg.algo in ("grpo", "rloo") and cfg.group_size < 2:
         fail(f"{cfg.algo} needs group_size >= 2 (samples per prompt), got {cfg.group_size}")
     if cfg.kl_kind not in ("k1", "k2", "k3"):
@@ -193,21 +207,7 @@ def check_config(cfg: Config, world: int):
 
 
 # -----------------------------------------------------------------------------
-# Distributed setup (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
-
-
-def setup_distributed(cfg: Config):
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if want_cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+# Distributed helpers (eval.setup_distributed reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK)
 
 
 def all_mean(values: dict, device, world: int) -> dict:
@@ -238,8 +238,7 @@ class Policy(nn.Module):
         h = self.lm.hidden(tokens, pad_mask)[:, prompt_len - 1:-1]  # the state before each response token
         logits = self.lm.output(h).float()
         logp = torch.log_softmax(logits, -1).gather(-1, tokens[:, prompt_len:, None])[..., 0]
-        values = self.value(h.float() if self.value.weight.dtype == torch.float32 else h)[..., 0].float() \
-            if self.value is not None else None
+        values = self.value(h)[..., 0].float() if self.value is not None else None
         return logp, ppo.entropy(logits), values
 
 
@@ -522,14 +521,15 @@ def optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, epochs, seed):
     """Epochs over shuffled mini-batches of rows; each mini-batch accumulates micro-batch gradients (synchronised
     across ranks on the last one only), clips them and takes one optimizer step. loss_fn(rows) -> (loss aggregated
     over those rows, stats). Returns the stats, or None when a gradient was not finite (the step is then skipped)."""
-    n_micro = cfg.mini_batch_size // cfg.micro_batch_size
+    mini_rows = cfg.mini_batch_size // (dist.get_world_size() if dist.is_initialized() else 1)
+    n_micro = mini_rows // cfg.micro_batch_size
     g = torch.Generator().manual_seed(seed)
     policy.lm.train()
     stats = []
     for _ in range(epochs):
         order = torch.randperm(len(mask), generator=g).to(mask.device)
-        for m0 in range(0, len(mask), cfg.mini_batch_size):
-            mini = order[m0:m0 + cfg.mini_batch_size]
+        for m0 in range(0, len(mask), mini_rows):
+            mini = order[m0:m0 + mini_rows]
             opt.zero_grad(set_to_none=True)
             for k in range(n_micro):
                 rows = mini[k * cfg.micro_batch_size:(k + 1) * cfg.micro_batch_size]
@@ -638,7 +638,7 @@ def heldout_eval(cfg, lm, tokenizer, heldout, eos_id, rank, world, temperature):
 def main(argv=None):
     t_start = time.time()
     cfg, resume = parse_config(argv)
-    rank, world, device = setup_distributed(cfg)
+    rank, world, device = evaluation.setup_distributed(cfg.device)
     check_config(cfg, world)
     log = (lambda *a: tqdm.write(" ".join(map(str, a)))) if rank == 0 else (lambda *a: None)
     run = prepare_run_folder(cfg, resume, rank, world)

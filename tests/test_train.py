@@ -96,8 +96,8 @@ def test_torchrun_two_ranks_gloo(base, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(REPO / "train.py"), *real_run(base, "--out", str(run), "--steps", "2", "--mini-batch-size", "16",
-                                            "--micro-batch-size", "8", "--heldout", str(base / "data" / "heldout.jsonl"))]
+           str(REPO / "train.py"), *real_run(base, "--out", str(run), "--steps", "2", "--heldout",
+                                            str(base / "data" / "heldout.jsonl"))]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     final = json.loads((run / "final.json").read_text())
