@@ -11,6 +11,7 @@ its first case. The GPU suite prints a short table last and writes its full log 
 """
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -194,8 +195,8 @@ def bench_train(device, shape, cfg: train.Config, steps, log=print):
     lm = random_model(shape, dtype, device, max_seq_len=cfg.max_prompt_len + cfg.max_new_tokens + 128)
     lm.checkpointing = cfg.grad_checkpointing
     policy = train.Policy(lm, value_head=cfg.algo == "gae").to(device)
-    ref = random_model(shape, torch.bfloat16 if device.type == "cuda" else dtype, device,
-                       max_seq_len=lm.args.max_seq_len)
+    ref = copy.deepcopy(lm).requires_grad_(False).to(torch.bfloat16 if device.type == "cuda" else dtype)
+    rollout_lm = copy.deepcopy(lm).requires_grad_(False).to(torch.bfloat16 if device.type == "cuda" else dtype)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     rows = []
     if device.type == "cuda":
@@ -204,7 +205,8 @@ def bench_train(device, shape, cfg: train.Config, steps, log=print):
         batch = [items[(step * cfg.prompts_per_step + i) % len(items)] for i in range(cfg.prompts_per_step)]
         timers = {}
         t0 = time.perf_counter()
-        metrics, _ = train.rl_step(cfg, policy, policy, ref, opt, tokenizer, batch, step, 0, 0, device, timers)
+        metrics, _ = train.rl_step(cfg, policy, policy, ref, rollout_lm, opt, tokenizer, batch, step, 0, 0,
+                                     device, timers)
         sync(device)
         total = time.perf_counter() - t0
         n_tok = metrics["gen_tokens"] if metrics else float("nan")

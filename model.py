@@ -364,14 +364,16 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32) -> Transformer:
     return model.eval()
 
 
-def save_pretrained(model: Transformer, path, dtype=None):
-    """Writes config.json + model.safetensors in Hugging Face layout (tied checkpoints omit lm_head.weight)."""
+def save_pretrained(model: Transformer, path, dtype=None, state_dict=None):
+    """Writes config.json + model.safetensors in Hugging Face layout (tied checkpoints omit lm_head.weight).
+    `state_dict` replaces model.state_dict() when the weights live elsewhere (e.g. gathered from FSDP shards)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    dtype = dtype or model.model.embed_tokens.weight.dtype
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict() if state_dict is None else state_dict
+    dtype = dtype or state["model.embed_tokens.weight"].dtype
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(model.args.to_hf_config(dtype), indent=2))
 

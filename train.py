@@ -40,6 +40,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
@@ -100,7 +103,8 @@ class Config:
     demo_n_heldout: int = 200         # synthetic held-out items
     # systems
     device: str = "auto"              # auto (cuda if available) | cuda | cpu
-    bf16: bool = True                 # on CUDA: bf16 autocast and a bf16 reference model
+    bf16: bool = True                 # on CUDA: bf16 autocast, bf16 reference model and bf16 rollout weights
+    fsdp: bool = False                # FSDP2 instead of DDP: shard weights, grads and optimizer state over the ranks
     grad_checkpointing: bool = False  # activation checkpointing per transformer block
     save_every: int = 20              # checkpoint every N steps (and at the end)
     keep_last: int = 2                # checkpoints kept
@@ -200,6 +204,8 @@ def check_config(cfg: Config, world: int):
              f"micro_batch_size {cfg.micro_batch_size}")
     if cfg.algo in ("grpo", "rloo") and cfg.group_size < 2:
         fail(f"{cfg.algo} needs group_size >= 2 (samples per prompt), got {cfg.group_size}")
+    if cfg.fsdp and world < 2:
+        fail("fsdp shards over ranks: run it under torchrun with --nproc_per_node >= 2")
     if cfg.kl_kind not in ("k1", "k2", "k3"):
         fail(f"kl_kind {cfg.kl_kind!r} unknown; expected k1, k2 or k3")
     if cfg.loss_agg not in ("token-mean", "seq-mean"):
@@ -344,16 +350,39 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_checkpoint(run: Path, step: int, policy: Policy, opt, sched, cursor: int, keep_last: int, tokenizer_file):
+FULL = StateDictOptions(full_state_dict=True)
+FULL_ON_RANK0_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)  # for writing: no GPU copy of it all
+
+
+def lm_part(state: dict) -> dict:
+    return {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+
+
+@torch.no_grad()
+def sync_rollout(policy: Policy, rollout_lm: M.Transformer):
+    """The sampler runs on a plain copy of the policy's weights (bf16 on GPU): CUDA graphs need whole tensors at fixed
+    addresses, and FSDP keeps only shards. Copied in place after every update (a collective under FSDP)."""
+    full = lm_part(get_model_state_dict(policy, options=FULL))
+    for name, t in rollout_lm.state_dict().items():
+        t.copy_(full[name])
+
+
+def save_checkpoint(run: Path, step: int, policy: Policy, opt, sched, cursor: int, keep_last: int, tokenizer_file,
+                    rank: int):
+    """Called on every rank (gathering FSDP shards is collective); rank 0 writes."""
+    model_state = get_model_state_dict(policy, options=FULL_ON_RANK0_CPU)
+    opt_state = get_optimizer_state_dict(policy, opt, options=FULL_ON_RANK0_CPU)
+    if rank != 0:
+        return None
     ckpts = run / "checkpoints"
     ckpts.mkdir(exist_ok=True)
     final = ckpts / f"step_{step:06d}"
     tmp = ckpts / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    M.save_pretrained(policy.lm, tmp / "model")
+    M.save_pretrained(policy.lm, tmp / "model", state_dict=lm_part(model_state))
     shutil.copy(tokenizer_file, tmp / "model" / "tokenizer.json")
-    torch.save(dict(value=None if policy.value is None else policy.value.state_dict(), optimizer=opt.state_dict(),
-                    scheduler=sched.state_dict(), rng=rng_state()), tmp / "state.pt")
+    value = {k.removeprefix("value."): v for k, v in model_state.items() if k.startswith("value.")}
+    torch.save(dict(value=value, optimizer=opt_state, scheduler=sched.state_dict(), rng=rng_state()), tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps(dict(step=step, cursor=cursor)))
     if final.exists():
         shutil.rmtree(final)
@@ -369,19 +398,18 @@ def latest_checkpoint(run: Path):
 
 
 def load_checkpoint(ckpt: Path, policy: Policy, opt, sched):
-    """Restores the weights, value head, optimizer, schedule and RNG; returns (step, cursor)."""
+    """Restores the weights, value head, optimizer, schedule and RNG on every rank; returns (step, cursor)."""
     try:
         progress = json.loads((ckpt / "progress.json").read_text())
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        lm = M.Transformer.from_pretrained(ckpt / "model", device=policy.lm.model.embed_tokens.weight.device,
-                                           dtype=policy.lm.model.embed_tokens.weight.dtype)
+        lm = M.Transformer.from_pretrained(ckpt / "model", dtype=torch.float32)
     except Exception as e:
         raise SystemExit(f"checkpoint {ckpt} is unreadable ({type(e).__name__}: {e}); it was left as it is. "
                          "Remove it to resume from the one before.") from None
-    policy.lm.load_state_dict(lm.state_dict())
-    if policy.value is not None:
-        policy.value.load_state_dict(state["value"])
-    opt.load_state_dict(state["optimizer"])
+    full = {f"lm.{k}": v for k, v in lm.state_dict().items()}
+    full.update({f"value.{k}": v for k, v in state["value"].items()})
+    set_model_state_dict(policy, full, options=FULL)
+    set_optimizer_state_dict(policy, opt, state["optimizer"], options=FULL)
     sched.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return progress["step"], progress["cursor"]
@@ -439,11 +467,10 @@ def score_rollouts(cfg, tokenizer, items, responses, eos_id):
     return records
 
 
-def rl_step(cfg, policy, ddp_policy, ref, opt, tokenizer, items, step, rank, eos_id, device, timers):
+def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, step, rank, eos_id, device, timers):
     lm = policy.lm
     t0 = time.perf_counter()
-    with autocast(cfg, device):
-        items, prompts, responses = rollout(cfg, lm, tokenizer, items, step, rank, eos_id)
+    items, prompts, responses = rollout(cfg, rollout_lm, tokenizer, items, step, rank, eos_id)
     t1 = time.perf_counter()
     records = score_rollouts(cfg, tokenizer, items, responses, eos_id)
     scores = torch.tensor([r["reward"] for r in records], device=device)
@@ -536,11 +563,15 @@ def optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, epochs, seed):
                 # weight the micro-batch so the mini-batch total is the chosen aggregate (token- or sequence-mean)
                 weight = mask[rows].sum() / mask[mini].sum() if cfg.loss_agg == "token-mean" else len(rows) / len(mini)
                 last = k == n_micro - 1
+                if cfg.fsdp:
+                    policy.set_requires_gradient_sync(last)
                 with (ddp_policy.no_sync() if isinstance(ddp_policy, DDP) and not last else nullcontext()):
                     loss, st = loss_fn(rows)
                     (loss * weight).backward()
                 stats.append(st)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            if isinstance(grad_norm, torch.distributed.tensor.DTensor):  # FSDP: a replicated DTensor
+                grad_norm = grad_norm.full_tensor()
             if not torch.isfinite(grad_norm):
                 opt.zero_grad(set_to_none=True)
                 return None
@@ -666,12 +697,15 @@ def main(argv=None):
 
     lm.checkpointing = cfg.grad_checkpointing
     policy = Policy(lm, value_head=cfg.algo == "gae").to(device)
-    ref = None
-    if cfg.algo != "sft":
-        ref = copy.deepcopy(lm).requires_grad_(False).eval()
-        if device.type == "cuda" and cfg.bf16:
-            ref = ref.to(torch.bfloat16)
-    ddp_policy = DDP(policy, broadcast_buffers=False) if world > 1 else policy
+    # frozen reference and the sampler's copy: whole models on every rank, in bf16 on GPU
+    low = torch.bfloat16 if device.type == "cuda" and cfg.bf16 else torch.float32
+    ref = copy.deepcopy(lm).requires_grad_(False).eval().to(low) if cfg.algo != "sft" else None
+    rollout_lm = copy.deepcopy(lm).requires_grad_(False).eval().to(low)
+    if cfg.fsdp:  # each block its own shard group, the rest (embeddings, norm, value head) the root's
+        for block in lm.model.layers:
+            fully_shard(block)
+        fully_shard(policy)
+    ddp_policy = DDP(policy, broadcast_buffers=False) if world > 1 and not cfg.fsdp else policy
     groups = [dict(params=list(lm.parameters()), lr=cfg.lr)]
     if policy.value is not None:
         groups.append(dict(params=list(policy.value.parameters()), lr=cfg.value_lr))
@@ -688,6 +722,7 @@ def main(argv=None):
             truncate_jsonl(run / "metrics.jsonl", step)
             truncate_jsonl(run / "samples.jsonl", step)
         barrier(world)
+        sync_rollout(policy, rollout_lm)
 
     # SFT has no samples to draw: it takes group_size times more items, so a step has as many rows as in RL
     per_step = cfg.prompts_per_step * (cfg.group_size if cfg.algo == "sft" else 1)
@@ -705,8 +740,8 @@ def main(argv=None):
             metrics, records = sft_step(cfg, policy, ddp_policy, opt, tokenizer, batch, step, rank, eos_id, device,
                                         timers)
         else:
-            metrics, records = rl_step(cfg, policy, ddp_policy, ref, opt, tokenizer, batch, step, rank, eos_id,
-                                       device, timers)
+            metrics, records = rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, batch, step, rank,
+                                       eos_id, device, timers)
         if metrics is None:
             bad += 1
             log(f"warning: step {step}: non-finite loss or gradient, update skipped ({bad} in a row)")
@@ -716,6 +751,8 @@ def main(argv=None):
             continue
         bad = 0
         sched.step()
+        if cfg.algo != "sft":
+            sync_rollout(policy, rollout_lm)
         metrics.update({f"time_{k}": v for k, v in timers.items()})
         metrics = all_mean(metrics, device, world)
         metrics["tokens_per_s"] = metrics["gen_tokens"] * world / (time.perf_counter() - t0)
@@ -734,21 +771,22 @@ def main(argv=None):
             else:
                 bar.set_postfix(loss=f"{metrics['sft_loss']:.3f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
-            if rank == 0:
-                save_checkpoint(run, step, policy, opt, sched, cursor, cfg.keep_last, model_dir / "tokenizer.json")
+            save_checkpoint(run, step, policy, opt, sched, cursor, cfg.keep_last, model_dir / "tokenizer.json", rank)
             barrier(world)
     bar.close()
 
     final = dict(steps=cfg.steps, seconds=time.time() - t_start, algo=cfg.algo)
     if heldout:
-        greedy = heldout_eval(cfg, lm, tokenizer, heldout, eos_id, rank, world, temperature=0.0)
+        sync_rollout(policy, rollout_lm)
+        greedy = heldout_eval(cfg, rollout_lm, tokenizer, heldout, eos_id, rank, world, temperature=0.0)
         final.update(heldout_n=greedy["n"], heldout_accuracy=greedy["accuracy"], heldout_format_rate=greedy["format_rate"])
         if cfg.algo != "sft":  # RL trains the sampling policy: report it too, at the rollout temperature
-            sampled = heldout_eval(cfg, lm, tokenizer, heldout, eos_id, rank, world, temperature=cfg.temperature)
+            sampled = heldout_eval(cfg, rollout_lm, tokenizer, heldout, eos_id, rank, world,
+                                   temperature=cfg.temperature)
             final.update(heldout_sampled_accuracy=sampled["accuracy"], heldout_sampled_format_rate=sampled["format_rate"])
     final["last"] = metrics
-    # DDP must keep every rank's weights identical; record a checksum per rank so a divergence is visible
-    checksum = float(sum(p.detach().double().sum() for p in policy.parameters()))
+    # every rank must end with the same weights; record a checksum per rank so a divergence is visible
+    checksum = float(sum(t.double().sum() for t in get_model_state_dict(policy, options=FULL).values()))
     final["rank_checksums"] = [checksum]
     if world > 1:
         final["rank_checksums"] = [None] * world

@@ -92,19 +92,29 @@ def test_exported_checkpoint_matches_transformers(base):
         assert (hf(x).logits - ours(x)).abs().max().item() <= 1e-4
 
 
-def test_torchrun_two_ranks_gloo(base, tmp_path):
-    run = tmp_path / "ddp"
+def torchrun(base, run, *extra, port):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(REPO / "train.py"), *real_run(base, "--out", str(run), "--steps", "2", "--heldout",
-                                            str(base / "data" / "heldout.jsonl"))]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(REPO / "train.py"), *real_run(base, "--out", str(run), "--steps", "2", "--save-every", "2", *extra)]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    final = json.loads((run / "final.json").read_text())
-    sums = final["rank_checksums"]
+    return json.loads((run / "final.json").read_text())
+
+
+def test_torchrun_two_ranks_gloo_ddp_and_fsdp(base, tmp_path):
+    ddp = torchrun(base, tmp_path / "ddp", "--heldout", str(base / "data" / "heldout.jsonl"), port=29533)
+    sums = ddp["rank_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]  # DDP kept both ranks' weights identical
-    assert final["heldout_n"] == 16  # held-out items sharded over ranks and gathered
-    assert len(metrics(run)) == 2
+    assert ddp["heldout_n"] == 16  # held-out items sharded over ranks and gathered
+    assert len(metrics(tmp_path / "ddp")) == 2
+    fsdp = torchrun(base, tmp_path / "fsdp", "--fsdp", port=29534)
+    assert fsdp["rank_checksums"][0] == fsdp["rank_checksums"][1]
+    # FSDP2 shards what DDP replicates; the arithmetic is the same, so are the weights
+    a, b = weights(tmp_path / "ddp" / "checkpoints" / "step_000002"), weights(tmp_path / "fsdp" / "checkpoints" / "step_000002")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    from safetensors.torch import load_file
+    start = load_file(base / "base" / "model.safetensors")
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # and training did move them
 
 
 def test_non_finite_steps_stop_the_run(base, tmp_path, monkeypatch):
