@@ -10,7 +10,8 @@
 One step: draw prompts -> sample replies with the KV-cached sampler -> verifier rewards -> old log-probs, values,
 reference log-probs -> per-token rewards (KL penalty + outcome on the last token) -> advantages -> PPO epochs over
 mini-batches (micro-batch gradient accumulation, grad clipping). The value head is a linear layer on the policy's own
-final hidden state, so rollout and training share one model: 3B PPO fits one 80 GB GPU.
+final hidden state, so there is no separate critic model. Under torchrun, gradients are synchronised with DDP, or
+with --fsdp the training state is sharded with FSDP2; the sampler runs on a plain copy of the weights (bf16 on GPU).
 
 The demo (no --model) builds a tiny Qwen2-shaped model and a small tokenizer, gives the model a short warm-up on a
 noisy teacher so that it behaves like a base model (it follows the format only sometimes and is right only half the
