@@ -510,6 +510,7 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     out_tok = torch.full((B, max_new_tokens), eos_id if eos_id is not None else pad_id, dtype=torch.long, device=device)
     out_lp = torch.zeros(B, max_new_tokens, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    idx = torch.tensor([P - 1], device=device)  # cache slot of the token being fed
     n = max_new_tokens
     for t in range(max_new_tokens):
         token, logp = sample(logits, temperature, top_k, top_p, generator)
@@ -520,7 +521,7 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
         if t == max_new_tokens - 1 or (eos_id is not None and (t + 1) % EOS_CHECK_EVERY == 0 and bool(done.all())):
             n = t + 1
             break
-        idx = torch.tensor([P + t], device=device)
+        idx += 1  # on the device: no host-to-device copy per token
         if compile:
             torch.compiler.cudagraph_mark_step_begin()
         logits = step(model, token[:, None], idx, key_valid, pad_len).clone()

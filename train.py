@@ -794,7 +794,7 @@ def main(argv=None):
         dist.all_gather_object(final["rank_checksums"], checksum)
     if rank == 0:
         (run / "final.json").write_text(json.dumps(final, indent=2))
-        summary = f"done: {cfg.algo}, {cfg.steps} steps in {final['seconds']:.0f}s"
+        summary = f"done: {cfg.algo}, {cfg.steps} steps, {final['seconds']:.0f}s in all"
         if first and "reward_mean" in first and "reward_mean" in metrics:
             summary += (f"; reward {first['reward_mean']:+.2f} -> {metrics['reward_mean']:+.2f}, accuracy "
                         f"{first['accuracy']:.2f} -> {metrics['accuracy']:.2f}, format {first['format_rate']:.2f} -> "
