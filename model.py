@@ -328,30 +328,55 @@ def checkpoint_files(path) -> list[Path]:
     return files
 
 
-def load_checkpoint(path, device="cpu", dtype=torch.float32) -> Transformer:
-    """Builds the model on the meta device (no memory), then moves each tensor from its safetensors shard straight
-    to `device` and `dtype`, one at a time, so peak memory is one copy of the weights plus one tensor."""
-    from safetensors import safe_open
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
 
+
+def read_tensors(file):
+    """Yields (name, shape, read) for each tensor of a .safetensors file, in file order; read() loads that tensor
+    alone with a plain file read. (safetensors' loader memory-maps the whole file, and every mapped page it touches
+    counts against the process: a 3B bf16 load would peak at twice the weights.)"""
+    with open(file, "rb") as f:
+        try:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
+            raise ValueError(f"{file}: not a safetensors file (bad header: {e})") from None
+        header.pop("__metadata__", None)
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            def read(info=info):
+                start, end = info["data_offsets"]
+                buf = bytearray(end - start)
+                f.seek(8 + n + start)
+                if f.readinto(buf) != len(buf):
+                    raise ValueError(f"{file}: truncated (tensor {name} ends past the end of the file)")
+                dtype = SAFETENSORS_DTYPES[info["dtype"]]
+                return torch.frombuffer(buf, dtype=dtype).reshape(info["shape"]) if buf else \
+                    torch.empty(info["shape"], dtype=dtype)
+            yield name, tuple(info["shape"]), read
+
+
+def load_checkpoint(path, device="cpu", dtype=torch.float32) -> Transformer:
+    """Builds the model on the meta device (no memory), then reads each tensor from its shard and moves it to
+    `device` and `dtype`, one at a time, so peak memory is one copy of the weights plus one tensor."""
     args = read_config(path)
     with torch.device("meta"):
         model = Transformer(args)
     expected = dict(model.state_dict())
     loaded, unexpected, misshaped = set(), [], []
     for file in checkpoint_files(path):
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
-            for name in f.keys():
-                if name == "lm_head.weight" and args.tie_embeddings:
-                    continue  # some tied checkpoints store the (identical) output matrix too
-                if name not in expected:
-                    unexpected.append(name)
-                    continue
-                t = f.get_tensor(name)
-                if tuple(t.shape) != tuple(expected[name].shape):
-                    misshaped.append(f"{name}: {tuple(t.shape)} in {file.name}, expected {tuple(expected[name].shape)}")
-                    continue
-                model.load_state_dict({name: t.to(dtype)}, strict=False, assign=True)
-                loaded.add(name)
+        for name, shape, read in read_tensors(file):
+            if name == "lm_head.weight" and args.tie_embeddings:
+                continue  # some tied checkpoints store the (identical) output matrix too
+            if name not in expected:
+                unexpected.append(name)
+                continue
+            if shape != tuple(expected[name].shape):
+                misshaped.append(f"{name}: {shape} in {file.name}, expected {tuple(expected[name].shape)}")
+                continue
+            model.load_state_dict({name: read().to(device, dtype)}, strict=False, assign=True)
+            loaded.add(name)
     missing = sorted(set(expected) - loaded)
     if missing or unexpected or misshaped:
         def show(xs):

@@ -317,3 +317,34 @@ def test_compiled_cuda_sampler_matches_eager(pair):
     b = M.generate(m, PROMPTS, 24, temperature=0, compile=True)
     assert a.tokens == b.tokens
     assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-3
+
+
+LOAD_PEAK = """
+import resource, sys, torch
+import model as M
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m = M.Transformer.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+def test_bf16_load_holds_one_copy(tmp_path):
+    """Loading fp32 weights as bf16 peaks near the bf16 weights plus one fp32 tensor, not at file + weights."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = M.ModelArgs(dim=1024, n_layers=6, n_heads=16, n_kv_heads=4, intermediate_size=4096, vocab_size=8192,
+                       tie_embeddings=False)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in M.Transformer(args).state_dict().items()}
+    from safetensors.torch import save_file
+    save_file({k: torch.zeros(s) for k, s in shapes.items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(args.to_hf_config()))
+    bf16_bytes = sum(math.prod(s) for s in shapes.values()) * 2
+    largest_fp32 = max(math.prod(s) for s in shapes.values()) * 4
+    p = subprocess.run([sys.executable, "-c", LOAD_PEAK, str(tmp_path)], capture_output=True, text=True,
+                       cwd=Path(M.__file__).parent, timeout=300)
+    assert p.returncode == 0, p.stderr
+    growth = int(p.stdout.split()[-1])
+    assert growth < bf16_bytes + 2 * largest_fp32 + 64 * 2**20, (growth / 2**20, bf16_bytes / 2**20)
