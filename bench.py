@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path

@@ -11,7 +11,6 @@ model, loading and saving, then the sampler. `python model.py CKPT "prompt"` sam
 """
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -25,12 +25,10 @@ import argparse
 import copy
 import inspect
 import json
-import math
 import os
 import random
 import re
 import shutil
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -40,7 +38,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import fully_shard
@@ -79,7 +76,7 @@ class Config:
     strict: bool = False              # verifier mitigation: nothing allowed before <think>
     min_think_words: int = 0          # verifier mitigation: minimum reasoning length in words
     # optimisation
-    lr: float = 1e-3                  # policy learning rate (AdamW)
+    lr: float = 3e-4                  # policy learning rate (AdamW)
     value_lr: float = 1e-3            # value head learning rate
     warmup_steps: int = 0             # linear LR warm-up, then constant
     weight_decay: float = 0.0         # AdamW weight decay
@@ -231,6 +228,14 @@ def all_mean(values: dict, device, world: int) -> dict:
 # The policy: the language model plus a value head on its final hidden state
 
 
+def response_logprobs(lm: M.Transformer, tokens, pad_mask, prompt_len):
+    """Hidden states before each response token tokens[:, prompt_len:], their logits (fp32) and the log-probs of
+    the response tokens, all [N, R, ...]."""
+    h = lm.hidden(tokens, pad_mask)[:, prompt_len - 1:-1]
+    logits = lm.output(h).float()
+    return h, logits, torch.log_softmax(logits, -1).gather(-1, tokens[:, prompt_len:, None])[..., 0]
+
+
 class Policy(nn.Module):
     def __init__(self, lm: M.Transformer, value_head: bool):
         super().__init__()
@@ -242,9 +247,7 @@ class Policy(nn.Module):
 
     def forward(self, tokens, pad_mask, prompt_len):
         """Log-probs, entropies and values [N, R] for the response tokens tokens[:, prompt_len:]."""
-        h = self.lm.hidden(tokens, pad_mask)[:, prompt_len - 1:-1]  # the state before each response token
-        logits = self.lm.output(h).float()
-        logp = torch.log_softmax(logits, -1).gather(-1, tokens[:, prompt_len:, None])[..., 0]
+        h, logits, logp = response_logprobs(self.lm, tokens, pad_mask, prompt_len)
         values = self.value(h)[..., 0].float() if self.value is not None else None
         return logp, ppo.entropy(logits), values
 
@@ -327,9 +330,7 @@ def sft_loss(lm, prompts, targets, pad_id):
     device = lm.model.embed_tokens.weight.device
     tokens, pad, mask, P = pack(prompts, targets, pad_id)
     tokens, pad, mask = tokens.to(device), pad.to(device), mask.to(device)
-    logits = lm.output(lm.hidden(tokens, pad)[:, P - 1:-1]).float()
-    ce = F.cross_entropy(logits.transpose(1, 2), tokens[:, P:], reduction="none")
-    return (ce * mask).sum() / mask.sum()
+    return -(response_logprobs(lm, tokens, pad, P)[2] * mask).sum() / mask.sum()
 
 
 # -----------------------------------------------------------------------------
@@ -430,6 +431,7 @@ def truncate_jsonl(path: Path, last_step: int):
 
 
 def draw_items(items, cursor, n, seed):
+    """Items cursor .. cursor+n-1 of an endless stream that reshuffles the data every epoch (the same on every rank)."""
     epoch_orders = {}
     out = []
     for c in range(cursor, cursor + n):
@@ -494,8 +496,7 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
         t2 = time.perf_counter()
         for s in range(0, len(tokens), cfg.micro_batch_size):
             sl = slice(s, s + cfg.micro_batch_size)
-            h = ref.hidden(tokens[sl], pad[sl])[:, P - 1:-1]
-            ref_logp.append(torch.log_softmax(ref.output(h).float(), -1).gather(-1, tokens[sl, P:, None])[..., 0])
+            ref_logp.append(response_logprobs(ref, tokens[sl], pad[sl], P)[2])
         ref_logp = torch.cat(ref_logp)
     timers["old_logp"] = t2 - t1
     timers["reference"] = time.perf_counter() - t2

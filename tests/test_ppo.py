@@ -5,7 +5,6 @@ over lists of floats, or numbers worked out by hand in the comments. Run:
 """
 
 import math
-import random
 
 import pytest
 import torch

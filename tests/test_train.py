@@ -59,9 +59,9 @@ def test_demo_run_folder(base):
 @pytest.mark.parametrize("algo", ["gae", "grpo"])
 def test_rl_raises_reward(base, tmp_path, algo):
     run = tmp_path / algo
-    train.main(real_run(base, "--out", str(run), "--algo", algo, "--steps", "12"))
-    r = [m["reward_mean"] for m in metrics(run)]
-    assert np.mean(r[-3:]) > np.mean(r[:3]) + 0.1, r
+    train.main(real_run(base, "--out", str(run), "--algo", algo, "--steps", "12", "--lr", "3e-4"))
+    r = [m["reward_mean"] for m in metrics(run)]  # step 1's rollouts come from the untrained policy
+    assert np.mean(r[-4:]) > r[0] + 0.15, r
 
 
 def test_resume_is_exact(base, tmp_path):
