@@ -155,7 +155,7 @@ def test_resume_config_mismatch(base, tmp_path):
     run = tmp_path / "r"
     shutil.copytree(base, run)
     before = (run / "config.json").read_text()
-    with pytest.raises(SystemExit, match=r"config mismatch \(lr: run has 0.001, flag says 0.5\)"):
+    with pytest.raises(SystemExit, match=r"config mismatch \(lr: run has 0.0003, flag says 0.5\)"):
         train.main(["--resume", str(run), "--lr", "0.5"])
     assert (run / "config.json").read_text() == before
 
@@ -185,6 +185,6 @@ def test_empty_dataset_and_indivisible_batch(base, tmp_path):
 
 def test_sft_learns_the_synthetic_task(base, tmp_path):
     run = tmp_path / "sft"
-    final = train.main(real_run(base, "--out", str(run), "--algo", "sft", "--steps", "100",
+    final = train.main(real_run(base, "--out", str(run), "--algo", "sft", "--steps", "100", "--lr", "1e-3",
                                 "--heldout", str(base / "data" / "heldout.jsonl")))
     assert final["heldout_accuracy"] >= 0.9, final
