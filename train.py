@@ -245,11 +245,14 @@ class Policy(nn.Module):
             nn.init.zeros_(self.value.weight)
             nn.init.zeros_(self.value.bias)
 
-    def forward(self, tokens, pad_mask, prompt_len):
-        """Log-probs, entropies and values [N, R] for the response tokens tokens[:, prompt_len:]."""
+    def forward(self, tokens, pad_mask, prompt_len, entropy_grad=False):
+        """Log-probs, entropies and values [N, R] for the response tokens tokens[:, prompt_len:]. The entropy is a
+        metric unless an entropy bonus needs its gradient: its graph over the whole vocabulary costs memory."""
         h, logits, logp = response_logprobs(self.lm, tokens, pad_mask, prompt_len)
         values = self.value(h)[..., 0].float() if self.value is not None else None
-        return logp, ppo.entropy(logits), values
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = ppo.entropy(logits)
+        return logp, ent, values
 
 
 def pack(prompts, responses, pad_id):
@@ -511,7 +514,7 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
     def loss_fn(idx):
         m = mask[idx]
         with autocast(cfg, device):
-            logp, ent, values = ddp_policy(tokens[idx], pad[idx], P)
+            logp, ent, values = ddp_policy(tokens[idx], pad[idx], P, entropy_grad=cfg.entropy_coef > 0)
         pl, pst = ppo.policy_loss(logp, old_logp[idx], adv[idx], m, cfg.clip, cfg.loss_agg)
         loss = pl
         st = dict(policy_loss=pl.item(), clipfrac=float(pst["clipfrac"]), approx_kl=float(pst["approx_kl"]),
