@@ -134,6 +134,32 @@ def decode_step_seconds(model, prompts, new, device):
     return (run(new) - run(1)) / (new - 1)
 
 
+def matmul_floor_seconds(model, B, P, new, device, reps):
+    """Seconds that one generate call's matrix multiplies take alone: every linear layer over the B x P prompt
+    tokens, then over B tokens for each of the new - 1 decode steps, and the output layer once per row per step.
+    Attention, norms and sampling are left out, so no sampler can be faster: a baseline's time over this is the
+    highest speedup any sampler could reach against it on this machine."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    out = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    x = {w.shape[1]: torch.randn(B * P, w.shape[1], device=device, dtype=w.dtype) for w in weights}
+
+    def run():
+        for rows, steps in ((B * P, 1), (B, new - 1)):
+            for _ in range(steps):
+                for w in weights:
+                    torch.nn.functional.linear(x[w.shape[1]][:rows], w)
+                torch.nn.functional.linear(x[out.shape[1]][:B], out)
+
+    with torch.no_grad():
+        run()
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            run()
+        sync(device)
+    return (time.perf_counter() - t0) / reps
+
+
 def bench_sampler(case, device, reps, log=print, roofline=False, hf_static=False):
     shape, dtype, B, P, new = SAMPLER_CASES[case]
     shape = shape_of(shape)
@@ -153,6 +179,8 @@ def bench_sampler(case, device, reps, log=print, roofline=False, hf_static=False
     t_ours = time_ours(ours, prompts, new, device, reps)
     t_hf = time_hf(hf, prompts, new, device, reps)
     row.update(ours_tok_s=B * new / t_ours, hf_tok_s=B * new / t_hf, speedup=t_hf / t_ours)
+    t_floor = matmul_floor_seconds(ours, B, P, new, device, reps)
+    row.update(matmul_floor_s=t_floor, max_speedup=t_hf / t_floor)
     if hf_static:
         try:
             t_static = time_hf(hf, prompts, new, device, reps, static=True)
@@ -174,10 +202,13 @@ def bench_sampler(case, device, reps, log=print, roofline=False, hf_static=False
 
 
 def sampler_table(rows):
-    lines = [f"{'case':7} {'batch':>5} {'prompt':>6} {'new':>4} {'ours tok/s':>11} {'hf tok/s':>9} {'speedup':>8}"]
+    lines = [f"{'case':7} {'batch':>5} {'prompt':>6} {'new':>4} {'ours tok/s':>11} {'hf tok/s':>9} {'speedup':>8} "
+             f"{'ceiling':>8}"]
     for r in rows:
         lines.append(f"{r['case']:7} {r['batch']:>5} {r['prompt']:>6} {r['new']:>4} {r['ours_tok_s']:>11.0f} "
-                     f"{r['hf_tok_s']:>9.0f} {r['speedup']:>7.2f}x")
+                     f"{r['hf_tok_s']:>9.0f} {r['speedup']:>7.2f}x {r['max_speedup']:>7.2f}x")
+    lines.append("ceiling: transformers' time over the time of the same matrix multiplies alone (bench.matmul_floor_"
+                 "seconds), the most any sampler could gain here")
     return "\n".join(lines)
 
 
@@ -290,7 +321,8 @@ def gpu_suite(dry_run: bool, log_dir: Path):
         torch.cuda.empty_cache()
     s = bench_sampler("dry" if dry_run else "gpu", device, reps=1 if dry_run else 2, log=log, roofline=True,
                       hf_static=True)
-    summary.append(f"sampler {s['ours_tok_s']:.0f} tok/s vs transformers {s['hf_tok_s']:.0f} ({s['speedup']:.2f}x)"
+    summary.append(f"sampler {s['ours_tok_s']:.0f} tok/s vs transformers {s['hf_tok_s']:.0f} ({s['speedup']:.2f}x; ceiling "
+                   f"{s['max_speedup']:.1f}x)"
                    + (f", vs static+compile {s['hf_static_tok_s']:.0f} ({s['speedup_vs_static']:.2f}x)"
                       if "hf_static_tok_s" in s else f", static+compile failed: {s.get('hf_static_error', '')[:80]}")
                    + f"; roofline {s['roofline_fraction']:.0%}; warm-up: compile {s['compile_s']:.1f}s, "

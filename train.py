@@ -25,6 +25,7 @@ import argparse
 import copy
 import inspect
 import json
+import math
 import os
 import random
 import re
@@ -96,7 +97,7 @@ class Config:
     whiten_advantages: bool = True    # normalise GAE advantages over the batch
     loss_agg: str = "token-mean"      # token-mean | seq-mean
     # demo model (when model is None)
-    demo_warmup_steps: int = 300      # supervised warm-up on the noisy teacher
+    demo_warmup_steps: int = 500      # supervised warm-up on the noisy teacher
     demo_n_train: int = 600           # synthetic training items
     demo_n_heldout: int = 200         # synthetic held-out items
     # systems
@@ -286,7 +287,7 @@ def demo_model_args(vocab_size: int) -> M.ModelArgs:
 def teacher_reply(item: data.Item, rng: random.Random) -> str:
     """A noisy teacher, like a base model that has seen some formatted text: it reasons briefly in <think> and names
     the right option half the time (a random one otherwise); a quarter of its replies break the format. Sampled at
-    temperature 1, a model trained on it is right on ~40% of the items and well formatted on ~70%."""
+    temperature 1, a model trained on it is right on ~40-50% of the items and well formatted on ~70-80%."""
     letter = item.answer if rng.random() < 0.5 else rng.choice(list(item.options))
     disease = item.question.removeprefix("Which drug treats ").removesuffix("?")
     good = f"<think>\n{disease} is treated by {item.options[letter]}.\n</think>\n<answer>{letter}</answer>"
@@ -320,6 +321,10 @@ def build_demo(cfg: Config, run: Path, log):
         loss = sft_loss(lm, prompts, targets, 0)
         opt.zero_grad()
         loss.backward()
+        # cosine decay and clipping: at a constant 3e-3 the loss spikes late, and the base the RL run starts from
+        # then depends on where in a spike the warm-up happened to stop
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.param_groups[0]["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.demo_warmup_steps))
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     M.save_pretrained(lm, run / "base")
