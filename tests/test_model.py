@@ -308,6 +308,28 @@ def test_load_tokenizer(tmp_path):
     assert tok.token_to_id("<|endoftext|>") == 151643
 
 
+def test_compiled_path_traces_one_graph_and_matches_eager(pair, monkeypatch):
+    """The compiled sampler path, on CPU: the decode step traces with fullgraph=True (a graph break fails here, before
+    GPU time is spent on it), the cache is rounded to CACHE_ROUND, and batches of other prompt lengths reuse the one
+    traced step (no recompile, so one CUDA graph serves them), all giving eager's tokens and logprobs."""
+    _, m = pair
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    step = torch.compile(M.decode_logits, backend=backend, fullgraph=True, dynamic=False)
+    monkeypatch.setattr(M, "compiled_decode", lambda device_type: step)
+    for prompts in (PROMPTS, [p[::-1] + [3, 3] for p in PROMPTS], [[7] * 9, [8], [9, 9], [10] * 4]):
+        a = M.generate(m, prompts, 20, temperature=0, compile=False)
+        b = M.generate(m, prompts, 20, temperature=0, compile=True)
+        assert m.cache_shape()[1] == min(M.CACHE_ROUND, m.args.max_seq_len)
+        assert a.tokens == b.tokens
+        assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-4
+    assert len(graphs) == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_cuda_sampler_matches_eager(pair):
