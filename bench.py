@@ -4,6 +4,7 @@
     python bench.py sampler --gpu             # Qwen2.5-3B shape, bf16, batch 64, prompt 256, 512 new (+ roofline)
     python bench.py train                     # RL steps of the demo preset: seconds per phase, tokens/s (CPU)
     python bench.py train --gpu               # one PPO step of the qwen2.5-3b preset, 64 x 1024: memory, MFU
+    python bench.py memory                    # peak memory of a 3B PPO update, counted on fake tensors (no GPU)
     python bench.py --gpu-suite [--dry-run]   # everything that needs a GPU, in one call; --dry-run: tiny, on CPU
 
 `transformers` is only the baseline (requirements-dev.txt). `sampler` ends with `sampler_speedup_vs_hf=<ratio>` for
@@ -19,6 +20,10 @@ import time
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import data
 import model as M
@@ -227,7 +232,7 @@ def bench_train(device, shape, cfg: train.Config, steps, log=print):
     policy = train.Policy(lm, value_head=cfg.algo == "gae").to(device)
     ref = copy.deepcopy(lm).requires_grad_(False).to(torch.bfloat16 if device.type == "cuda" else dtype)
     rollout_lm = copy.deepcopy(lm).requires_grad_(False).to(torch.bfloat16 if device.type == "cuda" else dtype)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    opt = train.make_optimizer(cfg, policy, device)
     rows = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -268,6 +273,88 @@ def gpu_train_config(dry: bool):
         cfg.prompts_per_step, cfg.max_new_tokens, cfg.max_prompt_len = 4, 8, 128
         cfg.mini_batch_size, cfg.micro_batch_size = 4, 2
     return cfg
+
+
+# -----------------------------------------------------------------------------
+# Memory of a PPO update, counted on fake tensors (no GPU, nothing allocated)
+
+
+class LiveMemory(TorchDispatchMode):
+    """After every operation, the bytes of all live tensor storages, and their peak: what
+    torch.cuda.max_memory_allocated would report for the same code (the CUDA context, cuBLAS workspaces and
+    allocator fragmentation come on top)."""
+
+    def __init__(self, tensors):
+        super().__init__()
+        self.live, self.peak, self.peak_op = {}, 0, ""
+        for t in tensors:
+            self.track(t)
+
+    def track(self, t):
+        st = t.untyped_storage()
+        old = self.live.get(st._cdata)
+        if old is None or old[0].expired():  # a freed storage's address can be reused by a new one
+            self.live[st._cdata] = (StorageWeakRef(st), st.nbytes())
+
+    def current(self):
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        return sum(n for _, n in self.live.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+        now = self.current()
+        if now > self.peak:
+            self.peak, self.peak_op = now, str(func)
+        return out
+
+
+def estimate_memory(shape, cfg: train.Config, prompt_len, device="cuda"):
+    """Peak memory of one PPO update of `cfg` on `device`, counted on fake tensors: the fp32 policy with its value
+    head and optimizer (train.make_optimizer), the reference and rollout copies (bf16 with cfg.bf16) with the
+    sampler's KV cache for one step's rollouts, a no-grad pass for old and reference log-probs, then two updates of
+    two micro-batches each: forward (autocast), backward (activation checkpointing as cfg says), optimizer step.
+    Every sequence is prompt_len + cfg.max_new_tokens long. Returns GiB: the peak, the operation at the peak, and
+    what stays live at the end."""
+    args = M.ModelArgs(**{**shape, "max_seq_len": prompt_len + cfg.max_new_tokens + M.CACHE_ROUND, "eos_id": 0})
+    low = torch.bfloat16 if cfg.bf16 else torch.float32
+    with torch.device("meta"):
+        lm = M.Transformer(args)
+        policy = train.Policy(lm, value_head=cfg.algo == "gae")
+        ref, rollout_lm = M.Transformer(args).to(low), M.Transformer(args).to(low)
+    lm.checkpointing = cfg.grad_checkpointing
+    n, P, R = cfg.micro_batch_size, prompt_len, cfg.max_new_tokens
+    # fake CPU tensors stand in for the GPU's: the same code runs and nothing is allocated; CPU autocast casts the
+    # same operations to bf16 as train.autocast's CUDA autocast does (without a cast cache, as there)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        for m in (policy, ref, rollout_lm):
+            m.to_empty(device="cpu")
+        rollout_lm.setup_cache(cfg.prompts_per_step * cfg.group_size, -(-(P + R) // M.CACHE_ROUND) * M.CACHE_ROUND)
+        opt = train.make_optimizer(cfg, policy, device)
+        tokens, mask = torch.zeros(n, P + R, dtype=torch.long), torch.ones(n, R)
+        cast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=cfg.bf16, cache_enabled=False)
+        with LiveMemory([t for m in (policy, ref, rollout_lm) for t in [*m.parameters(), *m.buffers()]]) as mem:
+            with torch.no_grad(), torch.autocast(**cast):
+                old_logp, _, old_values = policy(tokens, None, P)
+                train.response_logprobs(ref, tokens, None, P)
+            policy.train()
+            for _ in range(2):  # the optimizer state exists from the second update on
+                opt.zero_grad(set_to_none=True)
+                for _ in range(2):  # the second micro-batch's backward adds to the first one's gradients
+                    with torch.autocast(**cast):
+                        logp, _, values = policy(tokens, None, P)
+                    # ppo's losses on the same [n, R] shapes (theirs check input values, which fake tensors lack)
+                    ratio = (logp - old_logp).exp()
+                    loss = -(torch.minimum(ratio, ratio.clamp(1 - cfg.clip, 1 + cfg.clip)) * mask).sum() / mask.sum()
+                    if values is not None:
+                        loss = loss + cfg.vf_coef * ((values - old_values) ** 2 * mask).sum() / mask.sum()
+                    loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                opt.step()
+            end = mem.current()
+    return dict(peak_gib=mem.peak / 2**30, peak_op=mem.peak_op, end_gib=end / 2**30)
 
 
 # -----------------------------------------------------------------------------
@@ -321,8 +408,8 @@ def gpu_suite(dry_run: bool, log_dir: Path):
         torch.cuda.empty_cache()
     s = bench_sampler("dry" if dry_run else "gpu", device, reps=1 if dry_run else 2, log=log, roofline=True,
                       hf_static=True)
-    summary.append(f"sampler {s['ours_tok_s']:.0f} tok/s vs transformers {s['hf_tok_s']:.0f} ({s['speedup']:.2f}x; ceiling "
-                   f"{s['max_speedup']:.1f}x)"
+    summary.append(f"sampler {s['ours_tok_s']:.0f} tok/s vs transformers {s['hf_tok_s']:.0f} "
+                   f"({s['speedup']:.2f}x; ceiling {s['max_speedup']:.1f}x)"
                    + (f", vs static+compile {s['hf_static_tok_s']:.0f} ({s['speedup_vs_static']:.2f}x)"
                       if "hf_static_tok_s" in s else f", static+compile failed: {s.get('hf_static_error', '')[:80]}")
                    + f"; roofline {s['roofline_fraction']:.0%}; warm-up: compile {s['compile_s']:.1f}s, "
@@ -346,7 +433,7 @@ def gpu_suite(dry_run: bool, log_dir: Path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="?", choices=["sampler", "train"])
+    ap.add_argument("what", nargs="?", choices=["sampler", "train", "memory"])
     ap.add_argument("--gpu", action="store_true", help="the GPU case (Qwen2.5-3B shape, bf16) instead of the CPU ones")
     ap.add_argument("--cases", default="medium,tiny", help="CPU sampler cases, comma-separated")
     ap.add_argument("--reps", type=int, default=3)
@@ -374,6 +461,14 @@ def main():
             for k in keys:
                 print(f"{k[2:]:12} {sum(r[k] for r in rows[1:] or rows) / len(rows[1:] or rows):8.3f}")
             print(f"tokens_per_s={sum(r['tokens_per_s'] for r in rows[1:] or rows) / len(rows[1:] or rows):.0f}")
+    elif a.what == "memory":
+        cfg = gpu_train_config(False)
+        print(f"qwen2.5-3b preset, PPO updates: {cfg.prompts_per_step} prompts x {cfg.max_new_tokens} new tokens, "
+              f"micro-batch {cfg.micro_batch_size}, activation checkpointing {cfg.grad_checkpointing}")
+        print(f"{'prompt':>6} {'peak GiB':>9} {'after step GiB':>15}  operation at the peak")
+        for prompt_len in (256, 1024):  # MedQA prompts: mean 287 tokens, max 1006 (data.py stats)
+            r = estimate_memory(QWEN25_3B, cfg, prompt_len)
+            print(f"{prompt_len:>6} {r['peak_gib']:>9.1f} {r['end_gib']:>15.1f}  {r['peak_op']}")
     else:
         ap.print_help()
         sys.exit(2)

@@ -1,5 +1,5 @@
-"""bench.py: the GPU suite dry-runs on CPU (so a GPU session does not waste minutes on a typo), and its embedded
-Qwen2.5-3B shape matches the real config."""
+"""bench.py: the GPU suite dry-runs on CPU (so a GPU session does not waste minutes on a typo), its embedded
+Qwen2.5-3B shape matches the real config, and the fake-tensor memory estimate counts the training state."""
 
 import json
 import subprocess
@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import bench
 import model as M
+import train
 
 REPO = Path(__file__).resolve().parent.parent
 QWEN_CONFIG = REPO.parent / "shared" / "ref" / "qwen2.5-3b-config.json"
@@ -36,3 +38,24 @@ def test_embedded_qwen_shape_matches_the_real_config():
         pytest.skip("../shared is absent")
     a = M.ModelArgs.from_hf_config(json.loads(QWEN_CONFIG.read_text()))
     assert {k: getattr(a, k) for k in bench.QWEN25_3B} == bench.QWEN25_3B
+
+
+def test_memory_estimate_counts_the_training_state():
+    """bench.estimate_memory on a tiny shape: what stays live after its updates is the training state, computed here
+    from parameter counts (fp32 policy and value head, gradients, AdamW's two moments and step per tensor; bf16
+    reference and rollout copies; the RoPE tables; the sampler's bf16 KV cache), up to the few small tensors of the
+    last micro-batch, and the peak lies above it (activations)."""
+    cfg = train.Config(**train.PRESETS["qwen2.5-3b"])
+    cfg.prompts_per_step, cfg.max_new_tokens, cfg.micro_batch_size = 4, 8, 2
+    P = 16
+    r = bench.estimate_memory(bench.DRY, cfg, P)
+    args = M.ModelArgs(**{**bench.DRY, "max_seq_len": P + 8 + M.CACHE_ROUND, "eos_id": 0})
+    with torch.device("meta"):
+        lm = M.Transformer(args)
+    n_lm, n_tensors = sum(p.numel() for p in lm.parameters()), len(list(lm.parameters()))
+    n_policy, n_policy_tensors = n_lm + args.dim + 1, n_tensors + 2  # + the value head
+    rope = 2 * args.max_seq_len * args.head_dim  # cos and sin; .to(bf16) converts the copies' tables too
+    kv = 2 * args.n_layers * cfg.prompts_per_step * cfg.group_size * args.n_kv_heads * M.CACHE_ROUND * args.head_dim * 2
+    expected = (4 + 4 + 8) * n_policy + 4 * n_policy_tensors + 2 * 2 * n_lm + (4 + 2 * 2) * rope + kv
+    assert abs(r["end_gib"] * 2**30 - expected) < 0.001 * expected, (r["end_gib"] * 2**30 - expected, expected)
+    assert r["peak_gib"] > r["end_gib"]
