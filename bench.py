@@ -312,12 +312,12 @@ class LiveMemory(TorchDispatchMode):
 
 
 def estimate_memory(shape, cfg: train.Config, prompt_len, device="cuda"):
-    """Peak memory of one PPO update of `cfg` on `device`, counted on fake tensors: the fp32 policy with its value
-    head and optimizer (train.make_optimizer), the reference and rollout copies (bf16 with cfg.bf16) with the
-    sampler's KV cache for one step's rollouts, a no-grad pass for old and reference log-probs, then two updates of
-    two micro-batches each: forward (autocast), backward (activation checkpointing as cfg says), optimizer step.
-    Every sequence is prompt_len + cfg.max_new_tokens long. Returns GiB: the peak, the operation at the peak, and
-    what stays live at the end."""
+    """Peak memory of the PPO training phase of `cfg` on one `device`, counted on fake tensors: the fp32 policy with
+    its value head and optimizer (train.make_optimizer), the reference and rollout copies (bf16 with cfg.bf16) with
+    the sampler's KV cache for one step's rollouts, a no-grad pass for old and reference log-probs, then two updates
+    of two micro-batches each: forward (autocast), backward (activation checkpointing as cfg says), optimizer step.
+    The sampler's own prefill activations are not counted. Every sequence is prompt_len + cfg.max_new_tokens long.
+    Returns GiB: the peak, the operation at the peak, and what stays live at the end."""
     args = M.ModelArgs(**{**shape, "max_seq_len": prompt_len + cfg.max_new_tokens + M.CACHE_ROUND, "eos_id": 0})
     low = torch.bfloat16 if cfg.bf16 else torch.float32
     with torch.device("meta"):

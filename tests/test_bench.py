@@ -55,7 +55,8 @@ def test_memory_estimate_counts_the_training_state():
     n_lm, n_tensors = sum(p.numel() for p in lm.parameters()), len(list(lm.parameters()))
     n_policy, n_policy_tensors = n_lm + args.dim + 1, n_tensors + 2  # + the value head
     rope = 2 * args.max_seq_len * args.head_dim  # cos and sin; .to(bf16) converts the copies' tables too
-    kv = 2 * args.n_layers * cfg.prompts_per_step * cfg.group_size * args.n_kv_heads * M.CACHE_ROUND * args.head_dim * 2
+    rows = cfg.prompts_per_step * cfg.group_size
+    kv = 2 * args.n_layers * rows * args.n_kv_heads * M.CACHE_ROUND * args.head_dim * 2  # keys and values, bf16
     expected = (4 + 4 + 8) * n_policy + 4 * n_policy_tensors + 2 * 2 * n_lm + (4 + 2 * 2) * rope + kv
     assert abs(r["end_gib"] * 2**30 - expected) < 0.001 * expected, (r["end_gib"] * 2**30 - expected, expected)
     assert r["peak_gib"] > r["end_gib"]
