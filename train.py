@@ -832,3 +832,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    evaluation.exit_torchrun_process()
