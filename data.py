@@ -16,10 +16,12 @@ an id and a source (the subgroup used for per-source accuracy). Formats (see ../
                       {"question": "...", "options": {"A": "...", "B": "..."}, "answer": "B",
                        "id": "q17", "source": "cardiology"}
                     options: an object letter -> text (letters A, B, C, ... consecutive) or a list of texts
-                    (lettered A, B, ... in order); answer: the gold letter (never an index); id and source are
-                    optional (default "<file stem>:<line>" and the file stem). 2 to 26 options.
+                    (lettered A, B, ... in order); answer: the gold upper-case letter (never an index); id and
+                    source are optional (default "<file stem>:<line>" and the file stem). 2 to 26 options.
 
-Bad rows raise DataError "<file>:<line>: <field>: <what was expected>" (skip_bad=True skips them instead).
+Files are UTF-8 (a leading BOM is fine); jsonl is JSON Lines, one object per line, never a JSON array. Bad rows raise
+DataError "<file>:<line>: <field>: <what was expected>" (skip_bad=True skips them instead); a key repeated within one
+object and an id repeated within one file are bad rows too.
 
 Templates: base (User/Assistant text for base models), chat (Qwen chat markup), direct (answer letter only,
 empty reasoning pre-filled) and cot (step-by-step reasoning pre-filled); see render() and response_prefix().
@@ -227,16 +229,37 @@ PARSERS = {"medqa": parse_medqa, "mmlu_pro": parse_mmlu_pro, "medmcqa": parse_me
 # -----------------------------------------------------------------------------
 # reading files: each reader yields (line or key, thunk); calling the thunk parses one row and may raise DataError
 
+class Pairs(list):
+    """A JSON object as its (key, value) pairs (json.loads' object_pairs_hook): a dict would keep only the last of two
+    equal keys, silently."""
+
+
+def as_dicts(value, where, field=""):
+    """Parsed JSON with every Pairs made a dict; a key repeated within one object is a DataError."""
+    if isinstance(value, Pairs):
+        obj = {}
+        for key, v in value:
+            name = f"{field}.{key}" if field else key
+            if key in obj:
+                fail(where, name, "appears twice in one object (JSON keys must be unique)")
+            obj[key] = as_dicts(v, where, name)
+        return obj
+    if isinstance(value, list):
+        return [as_dicts(v, where, f"{field}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
 def jsonl_rows(path, content, parse):
     def row(line, raw):
         try:
-            rec = json.loads(raw)
+            rec = json.loads(raw, object_pairs_hook=Pairs)
         except json.JSONDecodeError as e:
             fail(f"{path}:{line}", "json", f"{e.msg} (column {e.colno})")
-        if not isinstance(rec, dict):
+        if not isinstance(rec, Pairs):
             fail(f"{path}:{line}", "record", f"expected a JSON object, got {type(rec).__name__}")
-        return parse(rec, path, line)
-    for line, raw in enumerate(content.splitlines(), start=1):
+        return parse(as_dicts(rec, f"{path}:{line}"), path, line)
+    # only "\n" ends a line: str.splitlines() also splits on U+2028, U+2029 and U+0085, which JSON allows raw in strings
+    for line, raw in enumerate(content.split("\n"), start=1):
         if raw.strip():
             yield line, lambda line=line, raw=raw: row(line, raw)
 
@@ -252,30 +275,27 @@ def csv_rows(path, content, parse):
 
 def pubmedqa_rows(path, content, parse):
     try:
-        records = json.loads(content)
+        records = json.loads(content, object_pairs_hook=Pairs)
     except json.JSONDecodeError as e:
         fail(f"{path}:{e.lineno}", "json", f"{e.msg} (column {e.colno})")
-    if not isinstance(records, dict):
+    if not isinstance(records, Pairs):
         fail(f"{path}:1", "file", f"expected one JSON object PMID -> record, got {type(records).__name__}")
-    for pmid, rec in records.items():
-        yield pmid, lambda pmid=pmid, rec=rec: parse(rec, path, pmid)
+    seen = set()
+    for pmid, rec in records:
+        where = f"{path}:{pmid}"
+        if pmid in seen:
+            yield pmid, lambda where=where: fail(where, "PMID",
+                                                 "appears twice in the file; each record needs its own PMID")
+        else:
+            seen.add(pmid)
+            yield pmid, lambda pmid=pmid, rec=rec, where=where: parse(as_dicts(rec, where), path, pmid)
 
 
-def detect_format(content):
-    """Guess the format from the file's content: csv, a dict of records keyed by PMID, or the first jsonl keys."""
-    if not content.lstrip().startswith("{"):
-        return "mmlu_csv"
-    try:
-        whole = json.loads(content)
-        if isinstance(whole, dict) and "question" not in whole:
-            return "pubmedqa"
-    except json.JSONDecodeError:
-        pass  # several lines: jsonl
-    first = next(line for line in content.splitlines() if line.strip())
-    try:
-        keys = set(json.loads(first))
-    except (json.JSONDecodeError, TypeError):
-        return "generic"  # the loader will report the bad line
+SNIFF_LINES = 20  # detection reads this many non-blank lines, so that one bad or odd first line does not decide
+FIT_ORDER = ("medmcqa", "medagents", "medqa", "mmlu_pro", "generic")  # specific first: an MMLU-Pro row fits generic too
+
+
+def guess_from_keys(keys):
     if "choices" in keys:
         return "medmcqa"
     if "answer_idx" in keys:
@@ -285,35 +305,101 @@ def detect_format(content):
     return "generic"
 
 
+def fits(fmt, rec, path):
+    try:
+        PARSERS[fmt](rec, path, 1)
+        return True
+    except DataError:
+        return False
+
+
+def detect_format(path, content):
+    """Guess the format from the file's content: a dict of records keyed by PMID, jsonl (the first format in FIT_ORDER
+    that some of the first rows parse as), else csv. Returns (format, note): the note, empty when the guess is sure,
+    goes at the end of errors, so that a row read in the wrong format says so."""
+    try:
+        whole = json.loads(content)
+        if isinstance(whole, dict) and "question" not in whole:
+            return "pubmedqa", ""
+    except json.JSONDecodeError:
+        pass  # several lines: jsonl, or csv
+    records = []
+    for raw in [raw for raw in content.split("\n") if raw.strip()][:SNIFF_LINES]:
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            continue  # the loader will report the bad line
+        if isinstance(rec, dict):
+            records.append(rec)
+    if not records:
+        return ("generic" if content.lstrip().startswith("{") else "mmlu_csv"), ""
+    guess = guess_from_keys(records[0])
+    fmt = next((f for f in FIT_ORDER if any(fits(f, rec, path) for rec in records)), None)
+    if fmt == guess:
+        return fmt, ""
+    if fmt is not None:
+        return fmt, (f" (format detected as {fmt}, not {guess}: no row of the first {len(records)} fits {guess}; "
+                     "pass fmt= to choose the format)")
+    if guess == "generic":
+        return guess, ""  # no other format's fields: the generic errors speak for themselves
+    return guess, (f" (format detected as {guess} from the fields of the first row, but no row of the first "
+                   f"{len(records)} fits any format; pass fmt= to choose the format)")
+
+
+def read_text(path):
+    raw = path.read_bytes()
+    if raw.startswith(b"\x1f\x8b"):
+        raise DataError(f"{path}:1: file: looks gzip-compressed (starts with bytes 1f 8b); decompress it first")
+    try:
+        content = raw.decode("utf-8-sig")  # -sig: drops the byte-order mark some editors write first
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: file: byte {raw[e.start]:#04x} is not valid UTF-8; "
+                        "expected UTF-8 text") from None
+    return content.replace("\r\n", "\n").replace("\r", "\n")  # line ends as text mode reads them
+
+
 def load_mcqa(path, fmt=None, skip_bad=False):
     """Load a file of multiple-choice questions; fmt None detects it from content. See the module docstring."""
     path = Path(path)
+    if path.is_dir():  # a FileNotFoundError still, which is what callers catch
+        raise FileNotFoundError(f"{path} is a directory; expected a data file")
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    content = path.read_text(encoding="utf-8")
+    content = read_text(path)
     if not content.strip():
         raise DataError(f"{path}:1: file: empty, expected multiple-choice records")
-    fmt = fmt or detect_format(content)
+    if fmt not in ("mmlu_csv", "pubmedqa") and re.match(r"\[\s*[{\]]", content.lstrip()):
+        raise DataError(f"{path}:1: file: looks like a JSON array ([{{...}}, ...]); expected JSON Lines, one object "
+                        "per line (convert with: jq -c '.[]')")
+    note = ""
+    if fmt is None:
+        fmt, note = detect_format(path, content)
     reader = {"mmlu_csv": csv_rows, "pubmedqa": pubmedqa_rows}.get(fmt, jsonl_rows)
+    label = "PMID" if fmt == "pubmedqa" else "line"
 
-    items, lines, bad = [], [], []
+    items, lines, bad, line_of_id = [], [], [], {}
     for line, row in reader(path, content, PARSERS[fmt]):
         try:
-            items.append(row())
+            item = row()
+            if item.id in line_of_id:  # eval.py compare pairs items by id
+                fail(f"{path}:{line}", "id", f"{item.id!r} is already the id of {label} {line_of_id[item.id]}; "
+                                             "ids must be unique within a file")
+            line_of_id[item.id] = line
+            items.append(item)
             lines.append(line)
         except DataError as e:
             if not skip_bad:
-                raise
+                raise DataError(f"{e}{note}") from None
             bad.append(str(e))
     if bad:
-        print(f"{path}: skipped {len(bad)} bad rows; first: " + " | ".join(bad[:3]), file=sys.stderr)
+        print(f"{path}: skipped {len(bad)} bad rows; first: " + " | ".join(bad[:3]) + note, file=sys.stderr)
     if not items:
-        raise DataError(f"{path}:1: file: no valid records ({len(bad)} bad rows skipped)")
+        raise DataError(f"{path}:1: file: no valid records ({len(bad)} bad rows skipped){note}")
 
     # duplicates are the user's data: keep them, but say where they are
-    label = "PMID" if fmt == "pubmedqa" else "line"
     first_seen, repeats = {}, []
     for item, line in zip(items, lines):
         key = (item.question, tuple(item.options.items()))

@@ -8,6 +8,7 @@ Run:
 
 import collections
 import csv
+import gzip
 import json
 import random
 import re
@@ -190,7 +191,7 @@ def test_wrong_types(tmp_path):
     expect_error(p, f"{p}:1: options.B: expected a string, got int")
     p = write_jsonl(tmp_path / "p.jsonl", [{"question_id": 1, "question": "Q", "options": ["a", "b", "c"],
                                             "answer": "B", "answer_index": True, "src": "s"}])
-    expect_error(p, f"{p}:1: answer_index: expected int, got bool")
+    expect_error(p, f"{p}:1: answer_index: expected int, got bool", "mmlu_pro")
     p = write_jsonl(tmp_path / "l.jsonl", [[1, 2]])
     expect_error(p, f"{p}:1: record: expected a JSON object, got list", "generic")
 
@@ -204,11 +205,11 @@ def test_option_checks(tmp_path):
     expect_error(p, f"{p}:1: options.B: expected non-empty option text")
     p = write_jsonl(tmp_path / "p.jsonl", [{"question_id": 1, "question": "Q", "options": ["a", "b", "c"],
                                             "answer": "B", "answer_index": 2, "src": "s"}])
-    expect_error(p, f"{p}:1: answer: 'B' disagrees with answer_index 2 (C)")
+    expect_error(p, f"{p}:1: answer: 'B' disagrees with answer_index 2 (C)", "mmlu_pro")
     p = write_jsonl(tmp_path / "mc.jsonl", [{"question": "Q", "choices": ["A. a", "b", "C. c", "D. d"], "answer": 0}])
-    expect_error(p, f"{p}:1: choices.B: expected a string starting with 'B. ', got 'b'")
+    expect_error(p, f"{p}:1: choices.B: expected a string starting with 'B. ', got 'b'", "medmcqa")
     p = write_jsonl(tmp_path / "m.jsonl", [{**MEDQA_ROW, "answer": "x"}])
-    expect_error(p, f"{p}:1: answer: 'x' is not the text of option B ('y')")
+    expect_error(p, f"{p}:1: answer: 'x' is not the text of option B ('y')", "medqa")
 
 
 def test_bad_csv_rows(tmp_path):
@@ -270,6 +271,115 @@ def test_missing_empty_and_unknown(tmp_path):
     expect_error(tmp_path / "empty.jsonl", f"{tmp_path / 'empty.jsonl'}:1: file: empty, expected multiple-choice records")
     with pytest.raises(ValueError, match="medqa, mmlu_pro"):
         data.load_mcqa(write_jsonl(tmp_path / "m.jsonl", [MEDQA_ROW]), "medqa_v2")
+
+
+def test_utf8_bom_is_ignored(tmp_path):
+    row = {"question": "Q", "options": ["x", "y"], "answer": "B"}
+    p = tmp_path / "g.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode())
+    assert data.load_mcqa(p) == data.load_mcqa(p, "generic") == [data.Item("g:1", "Q", {"A": "x", "B": "y"}, "B", "g")]
+    p = tmp_path / "pq.json"
+    record = {"QUESTION": "Q?", "CONTEXTS": [], "final_decision": "no"}
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps({"111": record}).encode())
+    assert [it.id for it in data.load_mcqa(p)] == ["111"]
+    p = tmp_path / "anatomy_test.csv"
+    p.write_bytes(b"\xef\xbb\xbfq,a,b,c,d,A\n")
+    assert data.load_mcqa(p)[0].question == "q"
+
+
+def test_detection_looks_past_a_bad_first_line(tmp_path):
+    rows = [{"question": f"Q{i}", "options": ["x", "y"], "answer": "A"} for i in range(3)]
+    p = write_jsonl(tmp_path / "g.jsonl", ["not json"] + rows)
+    expect_error(p, f"{p}:1: json: Expecting value (column 1)")
+    assert [it.question for it in data.load_mcqa(p, skip_bad=True)] == ["Q0", "Q1", "Q2"]
+
+
+@pytest.mark.parametrize("extra", [
+    {"question_id": 7}, {"question_id": 7, "options": {"A": "x", "B": "y"}}, {"answer_idx": "B"},
+    {"answer_idx": "B", "subject": "anatomy"}, {"choices": ["x", "y"]}, {"answer_index": 1}])
+def test_generic_rows_with_extra_fields_stay_generic(tmp_path, extra):
+    rows = [{"question": f"Q{i}", "options": ["x", "y"], "answer": "B", **extra} for i in range(2)]
+    p = write_jsonl(tmp_path / "mine.jsonl", rows)
+    assert data.load_mcqa(p) == [data.Item(f"mine:{i + 1}", f"Q{i}", {"A": "x", "B": "y"}, "B", "mine")
+                                 for i in range(2)]
+
+
+def test_detection_fallback_is_named_in_errors(tmp_path):
+    # fell back to generic: a later bad row says so and suggests fmt=
+    rows = [{"question": "Q", "options": ["x", "y"], "answer": "B", "answer_idx": "B"}] * 2
+    p = write_jsonl(tmp_path / "g.jsonl", rows + [{"question": "Q3", "options": ["x", "y"], "answer": "E"}])
+    expect_error(p, f"{p}:3: answer: 'E' not among options A-B (format detected as generic, not medqa: no row of "
+                    f"the first 3 fits medqa; pass fmt= to choose the format)")
+    # nothing fits: the guess from the keys is kept and named
+    p = write_jsonl(tmp_path / "m.jsonl", [{**MEDQA_ROW, "answer": "x"}])
+    expect_error(p, f"{p}:1: answer: 'x' is not the text of option B ('y') (format detected as medqa from the fields "
+                    f"of the first row, but no row of the first 1 fits any format; pass fmt= to choose the format)")
+
+
+def test_jsonl_splits_on_newline_only(tmp_path):
+    rows = [{"question": "a\u2028b\u2029c\x85d", "options": ["x\u2028", "y"], "answer": "A"},
+            {"question": "Q2", "options": ["x", "y"], "answer": "B"},
+            {"question": "Q3", "options": ["x"], "answer": "A"}]
+    p = tmp_path / "g.jsonl"
+    p.write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode())
+    expect_error(p, f"{p}:3: options: expected 2 to 26 options, got 1")
+    items = data.load_mcqa(p, skip_bad=True)
+    assert [it.question for it in items] == ["a\u2028b\u2029c\x85d", "Q2"] and items[0].options["A"] == "x\u2028"
+
+
+def test_undecodable_files_named(tmp_path):
+    row = json.dumps({"question": "Q", "options": ["x", "y"], "answer": "A"}) + "\n"
+    p = tmp_path / "g.jsonl.gz"
+    p.write_bytes(gzip.compress(row.encode()))
+    expect_error(p, f"{p}:1: file: looks gzip-compressed (starts with bytes 1f 8b); decompress it first")
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(row.encode() + row.replace("Q", "Caf\xe9").encode("latin-1"))
+    expect_error(p, f"{p}:2: file: byte 0xe9 is not valid UTF-8; expected UTF-8 text")
+
+
+def test_directory_is_not_a_data_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path} is a directory; expected a data file")):
+        data.load_mcqa(tmp_path)
+
+
+def test_duplicate_json_keys_are_malformed(tmp_path):
+    good = '{"question": "Q1", "options": ["x", "y"], "answer": "A"}'
+    # two answers: json alone would keep "B" silently
+    p = write_jsonl(tmp_path / "g.jsonl", [good, '{"question": "Q2", "options": ["x", "y"], "answer": "A", '
+                                                 '"answer": "B"}'])
+    expect_error(p, f"{p}:2: answer: appears twice in one object (JSON keys must be unique)")
+    p = write_jsonl(tmp_path / "g.jsonl", [good, '{"question": "Q2", "options": {"A": "x", "B": "y", "A": "z"}, '
+                                                 '"answer": "A"}'])
+    expect_error(p, f"{p}:2: options.A: appears twice in one object (JSON keys must be unique)")
+    assert [it.question for it in data.load_mcqa(p, skip_bad=True)] == ["Q1"]
+    rec = '{"QUESTION": "Q?", "CONTEXTS": [], "final_decision": "%s"}'
+    p = tmp_path / "pq.json"
+    p.write_text('{"111": %s, "222": %s, "111": %s}' % (rec % "yes", rec % "no", rec % "maybe"))
+    expect_error(p, f"{p}:111: PMID: appears twice in the file; each record needs its own PMID")
+    assert [(it.id, it.answer) for it in data.load_mcqa(p, skip_bad=True)] == [("111", "A"), ("222", "B")]
+    p.write_text('{"111": {"QUESTION": "Q?", "CONTEXTS": [], "final_decision": "yes", "QUESTION": "R?"}}')
+    expect_error(p, f"{p}:111: QUESTION: appears twice in one object (JSON keys must be unique)")
+
+
+def test_duplicate_ids_are_errors(tmp_path):
+    rows = [{"question": f"Q{i}", "options": ["x", "y"], "answer": "A", "id": i % 2} for i in range(3)]
+    p = write_jsonl(tmp_path / "g.jsonl", rows)
+    expect_error(p, f"{p}:3: id: '0' is already the id of line 1; ids must be unique within a file")
+    assert [it.question for it in data.load_mcqa(p, skip_bad=True)] == ["Q0", "Q1"]
+    # an explicit id may collide with one made from a line number
+    no_id = {"question": "Q1", "options": ["x", "y"], "answer": "A"}
+    p = write_jsonl(tmp_path / "g.jsonl", [{**rows[0], "id": "g:2"}, no_id])
+    expect_error(p, f"{p}:2: id: 'g:2' is already the id of line 1; ids must be unique within a file")
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_json_array_file_is_named(tmp_path, indent):
+    p = tmp_path / "g.json"
+    p.write_text(json.dumps([{"question": "Q", "options": ["x", "y"], "answer": "A"}] * 2, indent=indent))
+    message = (f"{p}:1: file: looks like a JSON array ([{{...}}, ...]); expected JSON Lines, one object per line "
+               "(convert with: jq -c '.[]')")
+    expect_error(p, message)
+    expect_error(p, message, "generic")
 
 
 # -----------------------------------------------------------------------------
