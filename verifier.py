@@ -8,7 +8,8 @@ option is -1, and a reply can never collect 1 for more than one gold letter.
 Format (the default rule, the paper's)
   The reply holds exactly one <think>...</think> followed by exactly one <answer>...</answer>.
   - Between </think> and <answer>: only whitespace.
-  - After </answer>: only whitespace and EOS markers (<|endoftext|>, <|im_end|>).
+  - After </answer>: only whitespace and end-of-sequence markers (Qwen's <|endoftext|> and
+    <|im_end|>; also </s>, <eos>, <|eot_id|>, <|end_of_text|> of other model families).
   - Before <think>: anything; it is counted in Score.words_before_think, because reasoning
     written there (the paper's "step-by-step exploit") is allowed by this rule.
   - Tags are lower-case and exact: <THINK> or <think > is plain text, not a tag. A missing,
@@ -18,10 +19,11 @@ Format (the default rule, the paper's)
 
 Answer (the text inside <answer>...</answer>, stripped)
   It must name exactly one offered letter. Accepted, for gold C of options ABCD:
-      C    C.    C:    C)    (C)    [C]    **C**    Option C
-      C. Ceftriaxone    C: Ceftriaxone    C) Ceftriaxone    (C) Ceftriaxone
-      The answer is C    The answer is (C).    Answer: C    The correct answer is **C**
-      c    c.    (c)          lower case only when the letter stands alone
+      C    C.    C:    C)    (C)    [C]    **C**    \boxed{C}    Option C
+      C. Ceftriaxone    C: Ceftriaxone    C) Ceftriaxone    (C) Ceftriaxone    C - Ceftriaxone
+      The answer is C    The answer is (C).    Answer: C    The correct answer is **C**.
+      So the best answer is C    Final answer: C    (lead-in words from LEAD_WORDS)
+      c    c.    c)    (c)    lower case only when the letter stands alone
       Ceftriaxone                the exact text of one option (dict options only;
                                  case, spacing and a trailing period do not matter)
   Format failures (-1), whatever the gold:
@@ -33,8 +35,11 @@ Answer (the text inside <answer>...</answer>, stripped)
       I think it is C         an explanation sentence is not an answer ("I" is a letter
                               when ten options are offered)
   A letter form wins over option text ("C" is option C even if some option's text is "C").
-  With letter-only options the text after "C." cannot be checked; it is ignored unless it
-  names another offered letter as an alternative ("C. or B", "C: A and D").
+  With letter-only options the text after "C." cannot be checked against the option, but it
+  may not name another offered letter: one that stands as a choice, at the start of the text,
+  after punctuation or after a word such as "or", "is" or "option" ("C. B", "C) D)",
+  "C. The answer is B", "C: A and D"), makes the answer name two options. A letter inside a
+  term does not: "C. Hepatitis B", "C. B-cell lymphoma", "C. E. coli", "C. A patient ...".
 
 Reward: -1.0 if the format fails, else 1.0 if the resolved letter is the gold one, else 0.0.
 
@@ -64,22 +69,29 @@ VERBOSE_WORDS = 100
 
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 TAG_RE = re.compile(r"</?(?:think|answer)>")
-TAIL_RE = re.compile(r"(?:\s|<\|endoftext\|>|<\|im_end\|>)*")  # what may follow </answer>
-BOLD_RE = re.compile(r"\*\*([^*]+)\*\*")
-LOWER_RE = re.compile(r"\(([a-z])\)|([a-z])\.?")  # c, c., (c): lower case only standing alone
-# "The answer is", "Answer:", "Final answer:", "Option"...; must end in a space or colon so that
+TAIL_RE = re.compile(r"(?:\s|<\|endoftext\|>|<\|im_end\|>|</s>|<eos>|<\|eot_id\|>|<\|end_of_text\|>)*")
+WRAP_RE = re.compile(r"\*\*([^*]+)\*\*\.?|\\boxed\{([^{}]+)\}\.?")  # **C**, **C**., \boxed{C}
+LOWER_RE = re.compile(r"\(([a-z])\)|([a-z])[.)]?")  # c, c., c), (c): lower case only standing alone
+# "The answer is", "Answer:", "So the best answer is", "Option"...: up to four lead-in words from a fixed
+# list (never a letter, which could be an option) before "answer", which must end in a space or colon so that
 # "AnswerC" is not read as C.
+LEAD_WORDS = ("so", "thus", "therefore", "hence", "my", "the", "final", "correct", "best", "right", "most",
+              "likely", "true")
 PREFIX_RE = re.compile(
-    r"(?:(?:the\s+)?(?:final\s+|correct\s+)?answer(?:\s+is)?(?:\s*:)?\s*(?<=[\s:]))?"
+    rf"(?:(?:(?:{'|'.join(LEAD_WORDS)}),?\s+){{0,4}}answer(?:\s+is)?(?:\s*:)?\s*(?<=[\s:]))?"
     r"(?:(?:option|choice)\s+)?", re.IGNORECASE)
-# C  C.  C:  C)  (C)  [C]  then optionally whitespace and text. A bare letter must be followed by
-# punctuation or the end, which rules out "A patient", "AB", "A/B", "A, C" and "A or B".
+# C  C.  C:  C)  (C)  [C]  then optionally text, after whitespace or a spaced dash. A bare letter must
+# be followed by punctuation, a spaced dash or the end, which rules out "A patient", "AB", "A/B",
+# "A, C" and "A or B".
 LETTER_RE = re.compile(
-    r"(?:\((?P<p>[A-Z])\)|\[(?P<b>[A-Z])\]|(?P<l>[A-Z])(?=[.:)]|\Z))[.:)]?(?:\s+(?P<text>\S.*))?",
+    r"(?:\((?P<p>[A-Z])\)|\[(?P<b>[A-Z])\]|(?P<l>[A-Z])(?=[.:)]|\s+[-\u2013\u2014]\s|\Z))[.:)]?"
+    r"(?:\s+[-\u2013\u2014])?(?:\s+(?P<text>\S.*))?",
     re.DOTALL)
-# Another letter offered as an alternative: "or B", "and (B)", ", B", "/B", "(B)".
-HEDGE_RE = re.compile(
-    r"(?:(?i:\b(?:or|and|nor|vs)\b)\.?\s*|[,/&]\s*|[(\[])(?:(?i:option|choice)\s+)?([A-Z])(?![A-Za-z0-9])")
+# Words after which a letter is a choice, not part of a term: "or B", "the answer is B", "option B".
+CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is",
+                "answer", "option", "choice", "maybe", "perhaps", "probably", "possibly"}
+WORD_BEFORE_RE = re.compile(r"([A-Za-z0-9]+)[ \t-]*\Z")  # the word right before a letter, in the same phrase
+IN_TERM_RE = re.compile(r"-[A-Za-z0-9]|\.?[ \t]+(?!(?:or|and|nor)\b)[a-z]")  # "B-cell", "E. coli", "A patient"
 ARTICLE_RE = re.compile(r"A\s+(?!(?:or|and|nor)\b)[a-z]")  # "A patient": the article, not option A
 TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z](?![A-Za-z0-9])")  # a capital letter standing alone
 ANSWER_IS_RE = re.compile(
@@ -133,14 +145,30 @@ def has_phrase(hay, needle):
     return False
 
 
-def unbold(s):
-    m = BOLD_RE.fullmatch(s)
-    return m.group(1).strip() if m else s
+def unwrap(s):
+    m = WRAP_RE.fullmatch(s)
+    return (m.group(1) or m.group(2)).strip() if m else s
+
+
+def other_choices(text, letter, letters):
+    """Offered letters other than `letter` that the text after "C." names as a choice (letter-only options)."""
+    others = []
+    for m in TOKEN_RE.finditer(text):
+        o = m.group()
+        if o not in letters or o == letter or o in others:
+            continue
+        before = WORD_BEFORE_RE.search(text, 0, m.start())
+        if before and before.group(1).lower() not in CHOICE_WORDS:
+            continue  # "Hepatitis B", "vitamin A": part of the option's wording
+        if not before and IN_TERM_RE.match(text, m.end()):
+            continue  # "B-cell lymphoma", "E. coli", "A patient"
+        others.append(o)
+    return others
 
 
 def letter_choice(s, rest, letters, texts):
     """The letter named by a letter form, or (None, reason); reason is "" when s is no letter form."""
-    m = LOWER_RE.fullmatch(s)
+    m = LOWER_RE.fullmatch(s) or (LOWER_RE.fullmatch(rest) if rest != s else None)
     if m:
         letter = (m.group(1) or m.group(2)).upper()
         return (letter, "") if letter in letters else (None, f"letter {letter} is not offered ({letters})")
@@ -156,11 +184,7 @@ def letter_choice(s, rest, letters, texts):
         if norm(text) == norm(texts[letter]):
             return letter, ""
         return None, f"text after {letter} is not the text of option {letter}"
-    others = []
-    for h in HEDGE_RE.finditer(text):
-        o = h.group(1)
-        if o in letters and o != letter and o not in others and not ARTICLE_RE.match(text, h.start(1)):
-            others.append(o)
+    others = other_choices(text, letter, letters)
     if others:
         named = [letter] + others
         return None, f"answer names {len(named)} options: {', '.join(named)}"
@@ -183,10 +207,10 @@ def diagnose(s, letters):
 
 def resolve(content, letters, texts):
     """(letter, "") for the one option the answer names, else (None, reason)."""
-    s = unbold(content.strip())
+    s = unwrap(content.strip())
     if not s:
         return None, "empty answer"
-    rest = unbold(s[PREFIX_RE.match(s).end():])
+    rest = unwrap(s[PREFIX_RE.match(s).end():])
     letter, why = letter_choice(s, rest, letters, texts)
     if letter:
         return letter, ""
@@ -272,8 +296,9 @@ def score(response: str, answer: str, options=OPTIONS_DEFAULT, strict: bool = Fa
     return s
 
 
-def pattern(response: str, options=OPTIONS_DEFAULT) -> str:
-    """Label a reply with one of PATTERNS, under the default format rule; checked in that order."""
+def pattern(response: str, options="ABCDEFGHIJ") -> str:
+    """Label a reply with one of PATTERNS, under the default format rule; checked in that order. Without the item's
+    options, any of ten letters (MMLU-Pro's most) counts as an answer: the label is about behaviour, not the gold."""
     letters, texts = parse_options(options)
     s = check(response, letters, texts, strict=False, min_think_words=0)
     if not s.format_ok:

@@ -49,14 +49,28 @@ CASES = [
     (reply("c"), "C", "ABCD", 1, "C", {}),
     (reply("(c)"), "C", "ABCD", 1, "C", {}),
     (reply("c."), "C", "ABCD", 1, "C", {}),
-    (reply("C: Hepatitis B"), "C", "ABCD", 1, "C", {}),  # letter-only options: text unchecked
+    (reply("C: Hepatitis B"), "C", "ABCD", 1, "C", {}),  # letter-only options: a letter inside a term
+    (reply("C. B-cell lymphoma"), "C", "ABCD", 1, "C", {}),
+    (reply("C. E. coli sepsis"), "C", "ABCDE", 1, "C", {}),
+    (reply("C. A patient with gout"), "C", "ABCD", 1, "C", {}),
+    (reply("The answer is **C**."), "C", "ABCD", 1, "C", {}),
+    (reply("\\boxed{C}"), "C", "ABCD", 1, "C", {}),
+    (reply("C - Ceftriaxone"), "C", "ABCD", 1, "C", {}),
+    (reply("C \u2013 Ceftriaxone"), "C", "ABCD", 1, "C", {}),
+    (reply("So the best answer is C"), "C", "ABCD", 1, "C", {}),
+    (reply("Therefore, the answer is C."), "C", "ABCD", 1, "C", {}),
+    (reply("My final answer: C"), "C", "ABCD", 1, "C", {}),
+    (reply("the answer is c"), "C", "ABCD", 1, "C", {}),
+    (reply("option c"), "C", "ABCD", 1, "C", {}),
+    (reply("c)"), "C", "ABCD", 1, "C", {}),
     (reply("C. Gout (A classic case)"), "C", "ABCD", 1, "C", {}),  # "(A classic": the article
     # wrong but well-formed
     (reply("B"), "C", "ABCD", 0, "B", {}),
     (reply("The answer is B."), "C", "ABCD", 0, "B", {}),
     # lower case is only safe standing alone
     (reply("c. ceftriaxone"), "C", "ABCD", -1, None, {}),
-    (reply("the answer is c"), "C", "ABCD", -1, None, {}),
+    (reply("Patient answer is C"), "C", "ABCD", -1, None, {}),  # a lead-in word not in LEAD_WORDS
+    (reply("B answer is C"), "C", "ABCD", -1, None, {}),
     # two or more options
     (reply("A or B"), "A", "ABCD", -1, None, {}),
     (reply("A, C"), "A", "ABCD", -1, None, {}),
@@ -66,6 +80,16 @@ CASES = [
     (reply("(A) or (B)"), "A", "ABCD", -1, None, {}),
     (reply("C. or B"), "C", "ABCD", -1, None, {}),
     (reply("C: Vitamins A and D"), "C", "ABCD", -1, None, {}),
+    (reply("C. The answer is B"), "C", "ABCD", -1, None, {}),  # letter-only: another letter as a choice
+    (reply("C) D)"), "C", "ABCD", -1, None, {}),
+    (reply("C. B"), "C", "ABCD", -1, None, {}),
+    (reply("C.\nB."), "C", "ABCD", -1, None, {}),
+    (reply("(C) B"), "C", "ABCD", -1, None, {}),
+    (reply("C: either B"), "C", "ABCD", -1, None, {}),
+    (reply("C. Not A but B"), "C", "ABCD", -1, None, {}),
+    (reply("C. Option B"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone; B"), "C", "ABCD", -1, None, {}),
+    (reply("C. **B**"), "C", "ABCD", -1, None, {}),
     # empty answers
     (reply(""), "A", "ABCD", -1, None, {}),
     (reply(" "), "A", "ABCD", -1, None, {}),
@@ -130,6 +154,8 @@ CASES = [
     ("<think>x</think><answer>B</answer>\n<|endoftext|>\n<|endoftext|>", "B", "ABCD", 1, "B", {}),
     ("<think>x</think><answer>B</answer><|im_end|>B", "B", "ABCD", -1, None, {}),
     ("<think>x</think><answer>B</answer><|IM_END|>", "B", "ABCD", -1, None, {}),
+    ("<think>x</think><answer>B</answer></s>", "B", "ABCD", 1, "B", {}),
+    ("<think>x</think><answer>B</answer><|eot_id|>", "B", "ABCD", 1, "B", {}),
     # min_think_words
     (reply("B", think="one two three"), "B", "ABCD", 1, "B", {"min_think_words": 3}),
     (reply("B", think="one two"), "B", "ABCD", -1, None, {"min_think_words": 3}),
@@ -231,6 +257,11 @@ def test_pattern(response, label):
     assert pattern(response) == label
 
 
+def test_pattern_without_options_takes_ten_letters():
+    assert pattern(reply("H", think=" ".join(["w"] * 20))) == "concise"
+    assert pattern(reply("K", think=" ".join(["w"] * 20))) == "format_failure"
+
+
 def test_pattern_covers_every_label():
     replies = ["B", "<think>" + words(200) + "</think><answer>B</answer>",
                "<think>" + words(30) + "</think><answer>B</answer>", "<think>B</think><answer>B</answer>",
@@ -247,7 +278,9 @@ def ref_structure_ok(r):
     a, b, c, d = (r.index(t) for t in ("<think>", "</think>", "<answer>", "</answer>"))
     if not a < b < c < d:
         return False
-    tail = r[d + len("</answer>"):].replace("<|endoftext|>", "").replace("<|im_end|>", "")
+    tail = r[d + len("</answer>"):]
+    for eos in ("<|endoftext|>", "<|im_end|>", "</s>", "<eos>", "<|eot_id|>", "<|end_of_text|>"):
+        tail = tail.replace(eos, "")
     return r[b + len("</think>"):c].strip() == "" and tail.strip() == ""
 
 
@@ -255,7 +288,8 @@ def ref_content(r):
     return r[r.index("<answer>") + len("<answer>"):r.index("</answer>")]
 
 
-LEAD = {"the", "correct", "final", "answer", "is", "option", "choice"}
+LEAD = {"so", "thus", "therefore", "hence", "my", "the", "final", "correct", "best", "right", "most", "likely",
+        "true", "answer", "is", "option", "choice"}
 
 
 def ref_names_only(content, gold, letters, texts):
@@ -278,7 +312,7 @@ FUZZ_WORDS = ["the", "patient", "a", "A", "I", "B", "C", "E", "J", "or", "and", 
 FORMS = ["{L}", "{L}.", "({L})", "{L})", "[{L}]", "{L}: {T}", "{L}. {T}", "({L}) {T}", "The answer is {L}",
          "Answer: ({L})", "**{L}**", "{l}", "({l})", "{T}", "{L} or {M}", "{L}, {M}", "{L}{M}", "", " ",
          "{L}. or {M}", "{W}"]
-JUNK = ["<think>", "</think>", "<answer>", "</answer>", "<THINK>", "<Answer>", "<|im_end|>", "<|endoftext|>",
+JUNK = ["<think>", "</think>", "<answer>", "</answer>", "<THINK>", "<Answer>", "<|im_end|>", "<|endoftext|>", "</s>",
         "\n", " ", "<", ">", "/"]
 
 
