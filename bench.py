@@ -380,11 +380,39 @@ def bf16_correctness(device, shape, log):
     row = dict(check="bf16 logits vs transformers", rel_error=rel, greedy_token_agreement=agree,
                greedy_mean_common_prefix=prefix, tolerance=BF16_TOLERANCE, ok=rel <= BF16_TOLERANCE)
     log(json.dumps(row))
-    del ours, hf
+    del hf
+    row["fused_attention"] = fused_attention_only(ours, log)["ok"]
+    del ours
     return row
 
 
 BF16_TOLERANCE = 2e-2  # relative L2 error of logits; bf16 keeps 8 mantissa bits (~4e-3 per op), 36 layers add up
+
+
+def fused_attention_only(model, log):
+    """Runs the padded forward + backward (training), prefill and decode steps (sampler) with SDPA's math fallback
+    disabled: each raises if its attention would need it (model.attend is written so that none does)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    device = model.model.embed_tokens.weight.device
+    x = torch.randint(0, model.args.vocab_size, (2, 64), device=device)
+    pad = torch.ones_like(x, dtype=torch.bool)
+    pad[0, :5] = False
+    row = dict(check="attention without the math fallback")
+    prompts = [x[0, :9].tolist(), x[1].tolist()]
+    runs = {"padded forward + backward": lambda: model(x, pad).float().logsumexp(-1).mean().backward(),
+            "prefill + decode": lambda: M.generate(model, prompts, 4, seed=0, compile=False)}
+    for name, run in runs.items():
+        try:
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+                run()
+            row[name] = "ok"
+        except RuntimeError as e:
+            row[name] = f"needs the math kernel: {e}"[:300]
+    model.zero_grad(set_to_none=True)
+    row["ok"] = all(v == "ok" for k, v in row.items() if k != "check")
+    log(json.dumps(row))
+    return row
 
 
 def gpu_suite(dry_run: bool, log_dir: Path):
@@ -403,7 +431,8 @@ def gpu_suite(dry_run: bool, log_dir: Path):
     summary = []
     correct = bf16_correctness(device, shape, log)
     summary.append(f"bf16 logits rel. error {correct['rel_error']:.2e} (tol {BF16_TOLERANCE:.0e}) "
-                   f"{'OK' if correct['ok'] else 'FAIL'}; greedy agreement {correct['greedy_token_agreement']:.2f}")
+                   f"{'OK' if correct['ok'] else 'FAIL'}; greedy agreement {correct['greedy_token_agreement']:.2f}; "
+                   f"attention without the math kernel: {'OK' if correct['fused_attention'] else 'FAIL (see log)'}")
     if device.type == "cuda":
         torch.cuda.empty_cache()
     s = bench_sampler("dry" if dry_run else "gpu", device, reps=1 if dry_run else 2, log=log, roofline=True,
@@ -428,7 +457,7 @@ def gpu_suite(dry_run: bool, log_dir: Path):
         summary.append(f"PPO step {cfg.prompts_per_step}x{cfg.max_new_tokens}: out of memory")
     log("summary:\n  " + "\n  ".join(summary))
     log_file.close()
-    return correct["ok"]
+    return correct["ok"] and correct["fused_attention"]
 
 
 def main():

@@ -35,12 +35,13 @@ class ModelArgs:
     rope_theta: float = 1e6
     tie_embeddings: bool = True
     max_seq_len: int = 2048
-    eos_id: int | None = None
+    eos_id: int | None = None  # the end-of-text token (a config that lists several gives its first)
     bos_id: int | None = None
+    head_dim: int | None = None  # per attention head; None: dim // n_heads, as in every Qwen2.5 checkpoint
 
-    @property
-    def head_dim(self):
-        return self.dim // self.n_heads
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads
 
     @classmethod
     def from_hf_config(cls, cfg: dict, where: str = "config.json") -> "ModelArgs":
@@ -56,28 +57,35 @@ class ModelArgs:
         arch = cfg.get("architectures") or ["Qwen2ForCausalLM"]
         if arch != ["Qwen2ForCausalLM"]:
             fail(f"architectures {arch} is not supported; expected ['Qwen2ForCausalLM']")
-        if cfg.get("hidden_act", "silu") != "silu":
+        if cfg.get("hidden_act", "silu") not in ("silu", "swish"):  # transformers maps both to SiLU
             fail(f"hidden_act {cfg['hidden_act']!r} is not supported; expected 'silu'")
-        if cfg.get("use_sliding_window", False):
-            fail("use_sliding_window: true is not supported (sliding-window attention is not implemented)")
-        if any(t != "full_attention" for t in cfg.get("layer_types") or []):
-            fail(f"layer_types {sorted(set(cfg['layer_types']))} is not supported; only 'full_attention' is")
-        if cfg.get("rope_scaling"):
-            fail(f"rope_scaling {cfg['rope_scaling']} is not supported; only plain RoPE is implemented")
-        rope = cfg.get("rope_parameters") or {}
-        if rope.get("rope_type", "default") != "default":
-            fail(f"rope_parameters.rope_type {rope['rope_type']!r} is not supported; only 'default' is")
-        theta = rope.get("rope_theta", cfg.get("rope_theta"))
-        if theta is None:
-            fail("no rope_theta (neither top-level nor in rope_parameters)")
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
             if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
                 fail(f"{key}: expected a positive integer, got {cfg.get(key)!r}")
+        types = cfg.get("layer_types")
+        if types is None:  # as transformers derives them: with a sliding window, layers from max_window_layers on
+            window = cfg.get("use_sliding_window", False) and cfg.get("sliding_window", 4096) is not None
+            types = ["sliding_attention" if window and i >= cfg.get("max_window_layers", 28) else "full_attention"
+                     for i in range(cfg["num_hidden_layers"])]
+        if any(t != "full_attention" for t in types):
+            fail(f"layer_types {sorted(set(types))} (from layer_types or use_sliding_window) is not supported; "
+                 "sliding-window attention is not implemented, only 'full_attention' is")
+        for key in ("rope_scaling", "rope_parameters"):
+            rope = cfg.get(key) or {}
+            kind = rope.get("rope_type", rope.get("type", "default"))
+            if kind != "default":
+                fail(f"{key} with rope_type {kind!r} is not supported; only plain RoPE ('default') is implemented")
+        theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))  # HF's default
         n_heads = cfg["num_attention_heads"]
         n_kv = cfg.get("num_key_value_heads") or n_heads
-        if cfg["hidden_size"] % n_heads or n_heads % n_kv:
-            fail(f"hidden_size {cfg['hidden_size']} / num_attention_heads {n_heads} / num_key_value_heads {n_kv} "
-                 "must divide evenly")
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
+        if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+            fail(f"head_dim: expected a positive even integer (RoPE rotates halves), got {head_dim!r}")
+        if n_heads % n_kv:
+            fail(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}")
+        if not cfg.get("head_dim") and cfg["hidden_size"] % n_heads:
+            fail(f"hidden_size {cfg['hidden_size']} is not a multiple of num_attention_heads {n_heads} "
+                 "(and no head_dim is given)")
         eos = cfg.get("eos_token_id")
         if isinstance(eos, list):  # some configs list several; the first is the end-of-text token
             eos = eos[0]
@@ -87,6 +95,7 @@ class ModelArgs:
             norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_seq_len=int(cfg.get("max_position_embeddings", 32768)), eos_id=eos, bos_id=cfg.get("bos_token_id"),
+            head_dim=head_dim,
         )
 
     def to_hf_config(self, dtype: torch.dtype = torch.float32) -> dict:
@@ -94,7 +103,8 @@ class ModelArgs:
         return {
             "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
             "hidden_size": self.dim, "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
-            "num_key_value_heads": self.n_kv_heads, "intermediate_size": self.intermediate_size,
+            "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
             "vocab_size": self.vocab_size, "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
             "tie_word_embeddings": self.tie_embeddings, "max_position_embeddings": self.max_seq_len,
             "eos_token_id": self.eos_id, "bos_token_id": self.bos_id, "use_sliding_window": False,
@@ -169,9 +179,25 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_idx is not None:  # generating: write this step's keys, attend over the whole static cache
             k, v = self.cache.update(cache_idx, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(attend(q, k, v, mask).transpose(1, 2).reshape(B, T, -1))
+
+
+def attend(q, k, v, mask):
+    """Attention with grouped-query heads: q [B, H, T, hd], k and v [B, H_kv, S, hd], mask None (causal) or
+    broadcastable to [B, 1, T, S]. SDPA's fused CUDA kernels take a mask or grouped heads, not both (flash takes no
+    mask), and its math fallback would copy the keys and values for every query head, for every layer and token.
+    So: no mask, grouped flash; a one-token query (a decode step), its head groups folded into the query axis,
+    which needs no copy; a longer query with a mask, keys and values repeated for the memory-efficient kernel."""
+    B, H, T, hd = q.shape
+    groups = H // k.shape[1]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=groups > 1)
+    if groups > 1 and T == 1:
+        return F.scaled_dot_product_attention(q.reshape(B, H // groups, groups, hd), k, v,
+                                              attn_mask=mask).reshape(B, H, 1, hd)
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class MLP(nn.Module):
@@ -292,6 +318,10 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> "Transformer":
+        if isinstance(dtype, str):  # "bfloat16", as config.json spells it
+            dtype = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, got {dtype!r}")
         return load_checkpoint(path, device, dtype)
 
 
@@ -327,9 +357,8 @@ def checkpoint_files(path) -> list[Path]:
     return files
 
 
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                      "BOOL": torch.bool}
+# the weights of a Qwen2 checkpoint are floats; quantized (int8, fp8) checkpoints need scales this model lacks
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 def read_tensors(file):
@@ -344,6 +373,10 @@ def read_tensors(file):
             raise ValueError(f"{file}: not a safetensors file (bad header: {e})") from None
         header.pop("__metadata__", None)
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(f"{file}: tensor {name} has dtype {info['dtype']}; expected floating-point weights "
+                                 f"({', '.join(SAFETENSORS_DTYPES)}); quantized checkpoints are not supported")
+
             def read(info=info):
                 start, end = info["data_offsets"]
                 buf = bytearray(end - start)
@@ -447,7 +480,8 @@ def sample(logits, temperature, top_k, top_p, generator):
     m = scaled.max(-1, keepdim=True).values
     e = (scaled - m).exp()
     log_z = m[:, 0] + e.sum(-1).log()
-    cdf = filter_probs(e, top_k, top_p).cumsum(-1)
+    # fp64: an fp32 running sum over a 152k vocabulary loses the tail tokens' mass (some could never be drawn)
+    cdf = filter_probs(e, top_k, top_p).double().cumsum(-1)
     u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]
     token = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=cdf.shape[-1] - 1)
     return token, scaled.gather(-1, token[:, None])[:, 0] - log_z
@@ -479,26 +513,45 @@ CACHE_ROUND = 128  # compiled: cache length rounded up, so batches of similar pr
 EOS_CHECK_EVERY = 16  # steps between host syncs that look whether every row is done
 
 
+def prompt_tensors(prompts, vocab_size):
+    """Each prompt as a 1-D int64 tensor, checked: non-empty, integer token ids inside the vocabulary."""
+    if len(prompts) == 0:
+        raise ValueError("no prompts")
+    rows = []
+    for i, p in enumerate(prompts):
+        t = torch.as_tensor(p)
+        if t.dim() != 1 or len(t) == 0:
+            raise ValueError(f"prompt {i} is empty" if t.dim() == 1 else
+                             f"prompt {i}: expected a list of token ids, got shape {tuple(t.shape)}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"prompt {i}: token ids must be integers, got {t.dtype}")
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"prompt {i}: token id {lo if lo < 0 else hi} is outside the vocabulary "
+                             f"(0..{vocab_size - 1})")
+        rows.append(t.long())
+    return rows
+
+
 @torch.no_grad()
 def generate(model: Transformer, prompts, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-             top_k: int = 0, eos_id: int | None = None, seed: int | None = None, compile: bool | None = None,
-             pad_id: int = 0) -> Generation:
+             top_k: int = 0, eos_id: int | list[int] | None = None, seed: int | None = None,
+             compile: bool | None = None, pad_id: int = 0) -> Generation:
     """Samples continuations of a ragged batch of prompts (lists of token ids) with a static KV cache.
 
     Prompts are left-padded; each row gets its own positions and key mask. Prefill runs once, then one token per
-    step for the whole batch. A row stops at `eos_id` (kept as its last token); generation stops when every row has
-    stopped or after `max_new_tokens`. temperature 0 is greedy. `seed` seeds a private torch.Generator (the global
-    RNG is not touched). `compile` (default: on CUDA only) runs the decode step under torch.compile + CUDA graphs.
+    step for the whole batch. A row stops at `eos_id` (an id, or a list of ids that each end a reply), kept as its
+    last token; generation stops when every row has stopped or after `max_new_tokens`. temperature 0 is greedy.
+    `seed` seeds a private torch.Generator; without one, sampling draws its seed from the global RNG (greedy
+    decoding does not touch it). `compile` (default: on CUDA only) runs the decode step under torch.compile + CUDA
+    graphs.
     """
-    if not prompts:
-        raise ValueError("no prompts")
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    prompts = prompt_tensors(prompts, model.args.vocab_size)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not (0 <= temperature < float("inf")) or not 0 < top_p <= 1 or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k}")
+    eos_ids = [] if eos_id is None else [int(eos_id)] if isinstance(eos_id, int) else [int(e) for e in eos_id]
     B, P = len(prompts), max(len(p) for p in prompts)
     if P + max_new_tokens > model.args.max_seq_len:
         raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
@@ -506,7 +559,10 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     device = model.model.embed_tokens.weight.device
     compile = device.type == "cuda" if compile is None else compile
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,)).item()))
+    if seed is not None:
+        generator.manual_seed(seed)
+    elif temperature > 0:
+        generator.manual_seed(int(torch.randint(2**62, (1,)).item()))
 
     S = P + max_new_tokens
     if compile:  # CUDA graphs are recorded per cache length: round it so similar batches share one graph
@@ -516,7 +572,7 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     tokens = torch.full((B, P), pad_id, dtype=torch.long)
     key_valid = torch.zeros(B, S, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        tokens[i, P - len(p):] = torch.tensor(p)
+        tokens[i, P - len(p):] = p
         key_valid[i, P - len(p):] = True
     key_valid[:, P:] = True  # generated positions; causality (index <= idx) hides the future ones
     tokens, key_valid = tokens.to(device), key_valid.to(device)
@@ -531,18 +587,19 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     logits = model.output(h[:, -1])
 
     step = compiled_decode(device.type) if compile else decode_logits
-    out_tok = torch.full((B, max_new_tokens), eos_id if eos_id is not None else pad_id, dtype=torch.long, device=device)
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    out_tok = torch.full((B, max_new_tokens), eos_ids[0] if eos_ids else pad_id, dtype=torch.long, device=device)
     out_lp = torch.zeros(B, max_new_tokens, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     idx = torch.tensor([P - 1], device=device)  # cache slot of the token being fed
     n = max_new_tokens
     for t in range(max_new_tokens):
         token, logp = sample(logits, temperature, top_k, top_p, generator)
-        if eos_id is not None:
-            token = token.masked_fill(done, eos_id)  # finished rows keep emitting EOS, dropped below
-            done |= token == eos_id
+        if eos_ids:
+            token = token.masked_fill(done, eos_ids[0])  # finished rows keep emitting EOS, dropped below
+            done |= torch.isin(token, eos)
         out_tok[:, t], out_lp[:, t] = token, logp
-        if t == max_new_tokens - 1 or (eos_id is not None and (t + 1) % EOS_CHECK_EVERY == 0 and bool(done.all())):
+        if t == max_new_tokens - 1 or (eos_ids and (t + 1) % EOS_CHECK_EVERY == 0 and bool(done.all())):
             n = t + 1
             break
         idx += 1  # on the device: no host-to-device copy per token
@@ -553,7 +610,7 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     toks, lps = out_tok[:, :n].tolist(), out_lp[:, :n].tolist()
     result = Generation([], [])
     for row, lp in zip(toks, lps):
-        end = row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row)
+        end = next((j + 1 for j, tok in enumerate(row) if tok in eos_ids), len(row))
         result.tokens.append(row[:end])
         result.logprobs.append(lp[:end])
     return result

@@ -26,7 +26,8 @@ def test_gpu_suite_dry_run(tmp_path):
     rows = [json.loads(l) for l in lines if l.startswith("{")]
     assert rows[1]["check"] == "bf16 logits vs transformers" and rows[1]["ok"]
     assert rows[1]["greedy_token_agreement"] == 1.0  # tiny model: no near-ties
-    sampler = rows[2]
+    assert rows[2]["check"] == "attention without the math fallback" and rows[2]["ok"]
+    sampler = rows[3]
     assert sampler["speedup"] > 0 and 0 < sampler["roofline_fraction"] and "compile_s" in sampler
     assert sampler["max_speedup"] > 0 and sampler["matmul_floor_s"] > 0  # (no timed comparison in a unit test)
     assert {"s_generate", "s_reference", "s_train", "tokens_per_s"} <= set(rows[-1])

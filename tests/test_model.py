@@ -1,6 +1,7 @@
 """model.py against outside oracles: `transformers` Qwen2ForCausalLM for logits and greedy generation, a full
 forward recomputation for the KV-cached sampler, and hand-computed cases for the sampling filters."""
 
+import copy
 import json
 import math
 
@@ -16,12 +17,12 @@ VOCAB = 101
 
 
 def hf_model(tmp_path, n_heads=4, n_kv=2, tied=False, theta=10000.0, layers=2, dim=64, seed=0, shard=False,
-             max_pos=256):
+             max_pos=256, **config):
     """A random-weight HF Qwen2 saved to tmp_path (all weights, biases and norms perturbed, so nothing is 0/1)."""
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=layers,
                       num_attention_heads=n_heads, num_key_value_heads=n_kv, max_position_embeddings=max_pos,
-                      rope_theta=theta, tie_word_embeddings=tied, eos_token_id=3)
+                      rope_theta=theta, tie_word_embeddings=tied, eos_token_id=3, **config)
     hf = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():
         for p in hf.parameters():
@@ -69,6 +70,38 @@ def test_transformers_4x_config_style(tmp_path):
     x = torch.randint(0, VOCAB, (2, 30))
     with torch.no_grad():
         assert (hf(x).logits - m(x)).abs().max().item() <= 1e-4
+
+
+def test_explicit_head_dim_matches_transformers(tmp_path):
+    """A config may set head_dim apart from hidden_size / heads (transformers honours it): 4 heads of 24 on 64."""
+    hf = hf_model(tmp_path, head_dim=24)
+    m = M.Transformer.from_pretrained(tmp_path)
+    assert m.args.head_dim == 24 and m.model.layers[0].self_attn.q_proj.weight.shape == (96, 64)
+    x = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (hf(x).logits - m(x)).abs().max().item() <= 1e-4
+    g = M.generate(m, x[:, :8].tolist(), 6, temperature=0)
+    ref = hf.generate(x[:, :8], max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert g.tokens == ref[:, 8:].tolist()
+
+
+@pytest.mark.parametrize("patch", [
+    {"hidden_act": "swish"},  # transformers' name for the same SiLU
+    {"rope_scaling": {"rope_type": "default"}},
+    {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 2, "layer_types": None},  # no layer slides
+    {"rope_parameters": None, "rope_theta": None},  # transformers' default theta, 10000
+])
+def test_configs_transformers_reads_as_the_plain_model(tmp_path, patch):
+    hf = hf_model(tmp_path, theta=10000.0)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(patch)
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+    m = M.Transformer.from_pretrained(tmp_path)
+    hf2 = Qwen2ForCausalLM.from_pretrained(tmp_path).eval()
+    x = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (hf(x).logits - hf2(x).logits).abs().max().item() == 0  # transformers reads it as the same model
+        assert (hf2(x).logits - m(x)).abs().max().item() <= 1e-4
 
 
 def test_bf16_load_converts_dtype(tmp_path):
@@ -175,6 +208,18 @@ def test_eos_stops_rows_independently_and_early(pair):
     assert out.tokens[0][-1] == eos and len(out.tokens[0]) <= 5
 
 
+def test_several_eos_ids(pair):
+    """eos_id may list several ids (as instruct models' generation configs do): a row stops at whichever comes first."""
+    _, m = pair
+    free = M.generate(m, PROMPTS, 20, temperature=0)
+    a, b = free.tokens[0][3], free.tokens[1][5]
+    out = M.generate(m, PROMPTS, 20, temperature=0, eos_id=[a, b])
+    for full, toks in zip(free.tokens, out.tokens):
+        end = next((i + 1 for i, t in enumerate(full) if t in (a, b)), len(full))
+        assert toks == full[:end]
+    assert len(out.tokens[0]) <= 4 and len(out.tokens[1]) <= 6
+
+
 def test_early_stop_when_all_rows_done(pair, monkeypatch):
     _, m = pair
     calls = []
@@ -196,6 +241,8 @@ def test_seed_reproducible_and_no_global_rng_side_effect(pair):
     c = M.generate(m, PROMPTS, 10, temperature=1.0, seed=8)
     assert a.tokens == b.tokens and a.logprobs == b.logprobs
     assert a.tokens != c.tokens
+    M.generate(m, PROMPTS, 10, temperature=0)  # greedy without a seed draws nothing
+    assert torch.equal(state, torch.get_rng_state())
 
 
 def test_sampling_follows_the_distribution():
@@ -211,6 +258,22 @@ def test_sampling_follows_the_distribution():
         freq = torch.bincount(tok, minlength=6).float() / n
         assert (freq - target).abs().max() < 0.006, (T, k, p, freq, target)
         assert torch.allclose(lp, torch.log(probs[tok]), atol=1e-5)
+
+
+def test_inverse_cdf_gives_every_token_its_interval(monkeypatch):
+    """At Qwen's vocabulary size, every token, however unlikely, owns its slice of the sampler's CDF: a uniform draw
+    in the middle of token j's interval (from the sampler's own weights, summed exactly) returns j. Stored in fp32,
+    tens of thousands of tail tokens get slices of width 0 and can never be drawn, while their neighbours get double."""
+    V, B = 151_936, 64
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(V, generator=g) * 3).expand(B, V).contiguous()
+    w = (logits[0] - logits[0].max()).exp().double()  # the sampler's own weights, summed exactly below
+    targets = w.argsort()[torch.randint(0, V // 3, (B,), generator=g)]  # among the least likely third
+    upper = w.cumsum(-1)
+    mid = (upper[targets] - w[targets] / 2) / upper[-1]
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: mid[:, None])
+    token, _ = M.sample(logits, 1.0, 0, 1.0, None)
+    assert torch.equal(token, targets)
 
 
 def test_filter_probs_by_hand():
@@ -245,12 +308,37 @@ def test_bad_input_errors(tmp_path, pair):
         M.generate(m, [[1] * 250], 10)
     with pytest.raises(ValueError, match="no prompts"):
         M.generate(m, [], 4)
+    with pytest.raises(ValueError, match=f"prompt 1: token id {VOCAB} is outside the vocabulary"):
+        M.generate(m, [[1], [2, VOCAB]], 4)
+    with pytest.raises(ValueError, match="prompt 0: token id -1 is outside"):
+        M.generate(m, [[-1, 2]], 4)
+    with pytest.raises(ValueError, match="prompt 0: token ids must be integers"):
+        M.generate(m, [[1.9, 2.9]], 4)
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ValueError, match="bad sampling settings"):
+            M.generate(m, [[1, 2]], 4, temperature=bad)
+    with pytest.raises(ValueError, match="dtype must be a floating-point"):
+        M.Transformer.from_pretrained(tmp_path, dtype=torch.int8)
+
+
+def test_quantized_checkpoint_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf_model(tmp_path)
+    sd = load_file(tmp_path / "model.safetensors")
+    sd["model.layers.0.mlp.up_proj.weight"] = sd["model.layers.0.mlp.up_proj.weight"].to(torch.int8)
+    save_file(sd, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="tensor model.layers.0.mlp.up_proj.weight has dtype I8"):
+        M.Transformer.from_pretrained(tmp_path)
+    hf_model(tmp_path)
+    assert M.Transformer.from_pretrained(tmp_path, dtype="bfloat16").model.norm.weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("patch,message", [
     ({"model_type": "llama"}, "model_type 'llama' is not supported"),
     ({"rope_scaling": {"type": "yarn", "factor": 4.0}}, "rope_scaling"),
-    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 1, "layer_types": None},
+     "use_sliding_window"),
     ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
     ({"rope_parameters": {"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}}, "rope_type 'linear'"),
     ({"hidden_act": "gelu"}, "hidden_act"),
@@ -339,6 +427,22 @@ def test_compiled_cuda_sampler_matches_eager(pair):
     b = M.generate(m, PROMPTS, 24, temperature=0, compile=True)
     assert a.tokens == b.tokens
     assert max(abs(x - y) for ra, rb in zip(a.logprobs, b.logprobs) for x, y in zip(ra, rb)) < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_attention_never_needs_the_math_kernel(pair):
+    """Masked GQA attention (ragged training batches, prefill, decode) runs on fused kernels: with SDPA's math
+    fallback disabled, nothing raises."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    m = copy.deepcopy(pair[1]).to("cuda", torch.bfloat16)
+    x = torch.randint(0, VOCAB, (2, 24), device="cuda")
+    pad = torch.ones_like(x, dtype=torch.bool)
+    pad[0, :5] = False
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
+        m(x, pad).float().sum().backward()
+        M.generate(m, PROMPTS, 8, temperature=0, compile=False)
 
 
 LOAD_PEAK = """
