@@ -496,8 +496,9 @@ def shard(items, rank, world_size):
 # -----------------------------------------------------------------------------
 # tokenising
 
-def encode_prompts(items, tokenizer, template, max_prompt_len):
-    """Tokenise render(item, template) for each item; prompts over max_prompt_len tokens are dropped, never cut."""
+def encode_prompts(items, tokenizer, template, max_prompt_len, where=""):
+    """Tokenise render(item, template) for each item; prompts over max_prompt_len tokens are dropped, never cut, and
+    counted on stderr after `where` (e.g. the file's name)."""
     items = list(items)
     encodings = tokenizer.encode_batch([render(item, template) for item in items], add_special_tokens=False)
     kept_items, kept_ids, too_long = [], [], []
@@ -508,7 +509,7 @@ def encode_prompts(items, tokenizer, template, max_prompt_len):
             kept_items.append(item)
             kept_ids.append(enc.ids)
     if too_long:
-        print(f"dropped {len(too_long)} of {len(items)} prompts longer than {max_prompt_len} tokens; "
+        print(f"{where}dropped {len(too_long)} of {len(items)} prompts longer than {max_prompt_len} tokens; "
               f"longest {max(too_long)}", file=sys.stderr)
     return kept_items, kept_ids
 

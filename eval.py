@@ -39,8 +39,9 @@ import verifier
 
 @torch.no_grad()
 def answer_items(lm, tokenizer, items, template, max_new_tokens, batch_size=64, temperature=0.0, samples=1,
-                 seed=0, eos_id=None, progress=False, strict=False, min_think_words=0):
-    """Generates `samples` replies per item and scores each. Returns one record per (item, sample), in item order."""
+                 seed=0, eos_id=None, progress=False, strict=False, min_think_words=0, stop=None):
+    """Generates `samples` replies per item and scores each. Returns one record per (item, sample), in item order.
+    `stop`: each reply ends after the first occurrence of this text (kept), as if the model had stopped there."""
     prefix = data.response_prefix(template)
     prompts = [data.render(it, template) for it in items]
     ids = [e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
@@ -55,6 +56,9 @@ def answer_items(lm, tokenizer, items, template, max_new_tokens, batch_size=64, 
             it = items[i]
             body = toks[:-1] if eos_id is not None and toks and toks[-1] == eos_id else toks
             response = tokenizer.decode(body, skip_special_tokens=False)
+            if stop and stop in response:
+                response = response[:response.index(stop) + len(stop)]
+                toks = tokenizer.encode(response, add_special_tokens=False).ids
             sc = verifier.score(prefix + response, it.answer, it.options, strict=strict,
                                 min_think_words=min_think_words)
             records.append(dict(
@@ -197,7 +201,7 @@ def check_template_fits(template, tokenizer, model_dir):
                  "have (not a chat model's tokenizer); use --template base, direct or cot")
 
 
-def load_files(paths, names, fmt, limit, tokenizer, template, max_prompt_len):
+def load_files(paths, names, fmt, limit, tokenizer, template, max_prompt_len, vocab_size):
     """[(name, item, prompt length)] over all files in order, and {name: prompts dropped as too long}."""
     todo, dropped = [], {}
     for path, name in zip(paths, names):
@@ -206,7 +210,11 @@ def load_files(paths, names, fmt, limit, tokenizer, template, max_prompt_len):
         except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError; its message is file:line: field
             fail(str(e))
         items = items[:limit] if limit else items
-        kept, ids = data.encode_prompts(items, tokenizer, template, max_prompt_len)
+        kept, ids = data.encode_prompts(items, tokenizer, template, max_prompt_len, where=f"{path}: ")
+        top = max((max(i) for i in ids), default=0)
+        if top >= vocab_size:
+            fail(f"{path}: the tokenizer gives token id {top}, beyond the model's vocabulary of {vocab_size}; "
+                 "the model folder's tokenizer.json does not belong to its weights")
         if not kept:
             fail(f"{path}: all {len(items)} prompts ({template} template) are longer than {max_prompt_len} tokens, "
                  "the model's context minus --max-new-tokens; lower --max-new-tokens")
@@ -231,6 +239,9 @@ def parse_eval_args(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--strict", action="store_true", help="verifier: no text allowed before <think>")
     ap.add_argument("--min-think-words", type=int, default=0, help="verifier: minimum words inside <think>")
+    ap.add_argument("--stop", default=None, metavar="TEXT",
+                    help="end each reply after the first TEXT, e.g. '</answer>' for a base model that writes on "
+                         "after answering (the verifier scores text after </answer> as a format failure)")
     args = ap.parse_args(argv)
     for name in ("max_new_tokens", "batch_size", "samples"):
         if getattr(args, name) < 1:
@@ -275,6 +286,10 @@ def evaluate(argv):
     args = parse_eval_args(argv)
     names = file_names(args.data)
     model_dir = find_model(args.model)
+    out = Path(args.out)  # checked now, not after every item has been answered
+    nearest = next(p for p in (out, *out.parents) if p.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK):
+        fail(f"--out {out}: {nearest} is not a writable folder")
     rank, world, device = setup_distributed()
     try:
         tokenizer = M.load_tokenizer(model_dir)
@@ -289,14 +304,15 @@ def evaluate(argv):
     if max_prompt_len < 1:
         fail(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's context of "
              f"{lm.args.max_seq_len} tokens")
-    todo, dropped = load_files(args.data, names, args.fmt, args.limit, tokenizer, args.template, max_prompt_len)
+    todo, dropped = load_files(args.data, names, args.fmt, args.limit, tokenizer, args.template, max_prompt_len,
+                               lm.args.vocab_size)
 
     # each rank answers every world-th item, shortest prompts first so that a batch wastes little on padding
     mine = sorted(data.shard(range(len(todo)), rank, world), key=lambda i: todo[i][2])
     recs = answer_items(lm, tokenizer, [todo[i][1] for i in mine], args.template, args.max_new_tokens,
                         batch_size=args.batch_size, temperature=args.temperature, samples=args.samples,
                         seed=args.seed + rank * 1_000_003, eos_id=lm.args.eos_id, progress=rank == 0,
-                        strict=args.strict, min_think_words=args.min_think_words)
+                        strict=args.strict, min_think_words=args.min_think_words, stop=args.stop)
     indexed = [(mine[j // args.samples], r) for j, r in enumerate(recs)]
     if world > 1:
         gathered = [None] * world
@@ -316,7 +332,6 @@ def evaluate(argv):
         group = [r for r in records if name in ("all", r["file"])]
         results[name] = summarize(group, args.samples, args.bootstrap, args.seed)
         results[name]["dropped"] = sum(dropped.values()) if name == "all" else dropped[name]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "items.jsonl", "w") as f:
         for r in records:
@@ -345,25 +360,31 @@ def read_jsonl(path):
 
 
 def item_accuracy(results_path):
-    """{(file, id): mean correctness over the item's samples}, from the items.jsonl next to results.json."""
+    """{(file, id): mean correctness over the item's samples} and {(file, id): gold letter}, from the items.jsonl next
+    to results.json."""
     path = Path(results_path)
+    if path.is_dir():
+        fail(f"{path}: a folder; expected the results.json that eval.py wrote")
     if not path.is_file():
         fail(f"{path}: no such file")
     items = path.parent / "items.jsonl"
     if not items.is_file():
         fail(f"{items}: no such file (compare reads the items.jsonl that eval.py writes next to results.json)")
-    scores, seen = collections.defaultdict(list), set()
+    scores, gold, seen = collections.defaultdict(list), {}, set()
     for n, r in enumerate(read_jsonl(items), start=1):
-        missing = [k for k in ("file", "id", "sample", "correct") if k not in r]
+        missing = [k for k in ("file", "id", "sample", "correct", "gold") if k not in r]
         if missing:
             fail(f"{items}:{n}: missing {', '.join(missing)}")
+        if r["correct"] not in (True, False):  # also 0 and 1
+            fail(f"{items}:{n}: correct: expected true or false, got {r['correct']!r}")
         key = (r["file"], r["id"], r["sample"])
         if key in seen:
             fail(f"{items}:{n}: item {r['file']}/{r['id']} sample {r['sample']} appears twice; ids must be unique "
                  "within a file to pair items")
         seen.add(key)
         scores[(r["file"], r["id"])].append(float(r["correct"]))
-    return {k: float(np.mean(v)) for k, v in scores.items()}
+        gold[(r["file"], r["id"])] = r["gold"]
+    return {k: float(np.mean(v)) for k, v in scores.items()}, gold
 
 
 def compare(argv):
@@ -376,10 +397,15 @@ def compare(argv):
     args = ap.parse_args(argv)
     if args.bootstrap < 2:
         fail(f"--bootstrap must be >= 2, got {args.bootstrap}")
-    acc_a, acc_b = item_accuracy(args.a), item_accuracy(args.b)
+    (acc_a, gold_a), (acc_b, gold_b) = item_accuracy(args.a), item_accuracy(args.b)
     shared = sorted(set(acc_a) & set(acc_b))
     if not shared:
         fail(f"{args.a} and {args.b} share no items (matched by file name and id)")
+    differ = [k for k in shared if gold_a[k] != gold_b[k]]
+    if differ:  # ids like "test:17" are line numbers: another file of the same name pairs unrelated questions
+        f, i = differ[0]
+        fail(f"{len(differ)} of {len(shared)} items paired by file name and id have different gold answers (e.g. "
+             f"{f}/{i}: {gold_a[differ[0]]} in A, {gold_b[differ[0]]} in B); A and B were not run on the same data")
     a = np.array([acc_a[k] for k in shared])
     b = np.array([acc_b[k] for k in shared])
     mean, std, (lo, hi) = paired_bootstrap(a, b, args.bootstrap, args.seed)

@@ -442,7 +442,10 @@ def load_tokenizer(path):
     f = Path(path) / "tokenizer.json"
     if not f.is_file():
         raise FileNotFoundError(f"{f}: no such file (expected the model's tokenizer.json)")
-    return Tokenizer.from_file(str(f))
+    try:
+        return Tokenizer.from_file(str(f))
+    except Exception as e:  # the tokenizers library raises a bare Exception naming neither the file nor the cause
+        raise ValueError(f"{f}: not a valid tokenizer.json ({e})") from None
 
 
 # -----------------------------------------------------------------------------

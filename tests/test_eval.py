@@ -17,6 +17,7 @@ import torch
 import data
 import eval as E
 import model as M
+import verifier
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -118,6 +119,39 @@ def test_compare_known_difference(tmp_path, capsys):
     # the function itself: order of the pairs does not matter for the mean
     mean, std, _ = E.paired_bootstrap(acc_a[::-1], acc_b[::-1], 500, 0)
     assert mean == pytest.approx(0.08, abs=1e-12) and std > 0
+
+
+def test_compare_refuses_items_that_are_not_the_same(tmp_path):
+    """ids like "test:17" are line numbers: results on another file of the same name must not be paired."""
+    ra = write_results(tmp_path / "A", [dict(file="f", id=f"f:{i}", sample=0, correct=True) for i in range(4)])
+    rows = [dict(file="f", id=f"f:{i}", sample=0, correct=True) for i in range(4)]
+    rb = tmp_path / "B" / "results.json"
+    write_results(tmp_path / "B", [])
+    with open(tmp_path / "B" / "items.jsonl", "w") as f:
+        for i, r in enumerate(rows):
+            f.write(json.dumps(dict(source="s", pred=None, gold="AB"[i % 2], **r)) + "\n")
+    with pytest.raises(SystemExit, match="2 of 4 items paired by file name and id have different gold answers"):
+        E.main(["compare", str(ra), str(rb)])
+    rc = write_results(tmp_path / "C", [dict(file="f", id="f:0", sample=0, correct="false")])
+    with pytest.raises(SystemExit, match="correct: expected true or false, got 'false'"):
+        E.main(["compare", str(ra), str(rc)])
+    with pytest.raises(SystemExit, match="a folder; expected the results.json"):
+        E.main(["compare", str(ra), str(tmp_path / "C")])
+
+
+def test_stop_text_ends_replies(demo_model, monkeypatch):
+    """--stop: a base model that writes on after </answer> is scored on the reply up to it."""
+    tok = M.load_tokenizer(demo_model)
+    item = data.synthetic_task(16, 0, seed=0)[0][0]
+    reply = "<think>the drug treats it</think><answer>" + item.answer + "</answer> more text"
+    ids = tok.encode(reply, add_special_tokens=False).ids
+    assert tok.decode(ids).replace(" ", "") == reply.replace(" ", "")  # the demo tokenizer may space words
+    monkeypatch.setattr(M, "generate", lambda lm, prompts, *a, **k: M.Generation([ids] * len(prompts),
+                                                                                  [[0.0] * len(ids)] * len(prompts)))
+    plain = E.answer_items(None, tok, [item], "base", 64)[0]
+    cut = E.answer_items(None, tok, [item], "base", 64, stop="</answer>")[0]
+    assert plain["reward"] == -1 and "text after </answer>" in verifier.score(plain["response"], item.answer).reason
+    assert cut["response"].endswith("</answer>") and cut["reward"] == 1 and cut["response_tokens"] < len(ids)
 
 
 def test_compare_no_shared_items(tmp_path):
@@ -314,6 +348,23 @@ def test_bad_input_messages(demo_model, tmp_path):
     with pytest.raises(SystemExit, match="share the name 'good'"):
         E.main(["--model", str(demo_model), "--data", str(good), str(twin), *common])
     assert not (tmp_path / "out").exists()
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit, match="is not a writable folder"):  # before any item is answered
+        E.main(["--model", str(demo_model), "--data", str(good), "--template", "base", "--out",
+                str(tmp_path / "a_file" / "out")])
+    wide = tmp_path / "wide"  # a tokenizer with more tokens than the model has embeddings
+    shutil.copytree(demo_model, wide)
+    cfg = json.loads((wide / "config.json").read_text())
+    (wide / "config.json").write_text(json.dumps({**cfg, "vocab_size": 8}))
+    from safetensors.torch import load_file, save_file
+    sd = load_file(wide / "model.safetensors")
+    sd["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"][:8].clone()
+    save_file(sd, wide / "model.safetensors")
+    with pytest.raises(SystemExit, match="beyond the model's vocabulary of 8"):
+        E.main(["--model", str(wide), "--data", str(good), *common])
+    (wide / "tokenizer.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="tokenizer.json: not a valid tokenizer.json"):
+        E.main(["--model", str(wide), "--data", str(good), *common])
 
 
 # -----------------------------------------------------------------------------
