@@ -92,8 +92,8 @@ class Config:
     gamma: float = 1.0                # discount
     lam: float = 0.95                 # GAE lambda
     kl_coef: float = 0.001            # KL penalty weight (against the frozen reference model)
-    kl_kind: str = "k1"               # KL estimator: k1 | k2 | k3
-    kl_in_reward: bool = True         # per-token penalty in the reward (the paper); no: a loss term (GRPO style)
+    kl_kind: str | None = None        # KL estimator k1 | k2 | k3; default k1 in the reward, k3 as a loss
+    kl_in_reward: bool | None = None  # KL as a per-token reward penalty (the paper), or a loss; default: loss for grpo
     whiten_advantages: bool = True    # normalise GAE advantages over the batch
     loss_agg: str = "token-mean"      # token-mean | seq-mean
     # demo model (when model is None)
@@ -110,6 +110,16 @@ class Config:
     sample_every: int = 5             # write replies to samples.jsonl every N steps
     n_samples: int = 4                # replies written each time
     max_bad_steps: int = 3            # consecutive non-finite steps before the run stops
+
+
+    def __post_init__(self):
+        # GRPO divides by the spread of a group's rewards: with equal outcomes only KL noise (~1e-4) is left, and
+        # dividing makes it advantages of +-1. So GRPO takes KL as a loss, as DeepSeek's GRPO does. As a loss, k1's
+        # gradient is zero in expectation (E[grad log p] = 0): k3 is the estimator with a useful gradient there.
+        if self.kl_in_reward is None:
+            self.kl_in_reward = self.algo != "grpo"
+        if self.kl_kind is None:
+            self.kl_kind = "k1" if self.kl_in_reward else "k3"
 
 
 def field_help() -> dict:
@@ -142,13 +152,13 @@ RESUME_MAY_CHANGE = {"steps", "save_every", "keep_last", "sample_every", "n_samp
 def parse_config(argv=None) -> tuple[Config, str | None]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  argument_default=argparse.SUPPRESS)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="demo", help="defaults to start from; flags override")
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="defaults to start from; flags override (default: demo)")
     ap.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR from its last checkpoint")
     helps = field_help()
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         kw = dict(help=f"{helps[f.name]} (default: {f.default if f.default is not MISSING else 'none'})")
-        if f.type is bool:
+        if f.type in (bool, bool | None):
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif f.name in ("train", "heldout"):
             ap.add_argument(flag, nargs="+", metavar="FILE", **kw)
@@ -159,10 +169,12 @@ def parse_config(argv=None) -> tuple[Config, str | None]:
         else:
             ap.add_argument(flag, type=f.type if f.type in (int, float) else str, **kw)
     a = vars(ap.parse_args(argv))
-    preset, resume = a.pop("preset"), a.pop("resume")
+    preset, resume = a.pop("preset", None), a.pop("resume")
     if resume is not None:
+        if preset is not None:
+            raise SystemExit(f"--resume {resume}: a resumed run keeps its own config; --preset cannot be given")
         return resume_config(resume, a), resume
-    return Config(**{**PRESETS[preset], **a}), None
+    return Config(**{**PRESETS[preset or "demo"], **a}), None
 
 
 def resume_config(run_dir, overrides) -> Config:
@@ -171,8 +183,9 @@ def resume_config(run_dir, overrides) -> Config:
         raise SystemExit(f"--resume {run_dir}: no config.json there; not a med-rlvr run folder")
     saved = json.loads(f.read_text())
     known = {x.name for x in fields(Config)}
-    if set(saved) - known:
-        raise SystemExit(f"{f}: unknown keys {sorted(set(saved) - known)}; not a config written by this train.py")
+    if set(saved) != known:
+        odd, lacking = sorted(set(saved) - known), sorted(known - set(saved))
+        raise SystemExit(f"{f}: not a config written by this train.py (unknown keys {odd}, missing keys {lacking})")
     changed = {k: (saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v and k != "out"}
     bad = {k: v for k, v in changed.items() if k not in RESUME_MAY_CHANGE}
     if bad:
@@ -188,6 +201,12 @@ def check_config(cfg: Config, world: int):
         raise SystemExit(f"config: {msg}")
     if cfg.algo not in ALGOS:
         fail(f"algo {cfg.algo!r} unknown; expected one of {ALGOS}")
+    for name in ("steps", "prompts_per_step", "group_size", "max_prompt_len", "max_new_tokens", "ppo_epochs",
+                 "mini_batch_size", "micro_batch_size", "save_every", "keep_last", "sample_every", "max_bad_steps"):
+        if getattr(cfg, name) < 1:
+            fail(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not (cfg.temperature > 0 and 0 < cfg.top_p <= 1):
+        fail(f"temperature must be > 0 and top_p in (0, 1], got {cfg.temperature} and {cfg.top_p}")
     if cfg.prompts_per_step % world:
         fail(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of ranks ({world})")
     rows = cfg.prompts_per_step // world * cfg.group_size
@@ -203,6 +222,11 @@ def check_config(cfg: Config, world: int):
              f"micro_batch_size {cfg.micro_batch_size}")
     if cfg.algo in ("grpo", "rloo") and cfg.group_size < 2:
         fail(f"{cfg.algo} needs group_size >= 2 (samples per prompt), got {cfg.group_size}")
+    if cfg.model is None:
+        try:
+            data.synthetic_task(cfg.demo_n_train, cfg.demo_n_heldout, cfg.seed)
+        except ValueError as e:
+            fail(f"demo task: {e}")
     if cfg.fsdp and world < 2:
         fail("fsdp shards over ranks: run it under torchrun with --nproc_per_node >= 2")
     if cfg.kl_kind not in ("k1", "k2", "k3"):
@@ -229,11 +253,12 @@ def all_mean(values: dict, device, world: int) -> dict:
 # The policy: the language model plus a value head on its final hidden state
 
 
-def response_logprobs(lm: M.Transformer, tokens, pad_mask, prompt_len):
+def response_logprobs(lm: M.Transformer, tokens, pad_mask, prompt_len, temperature=1.0):
     """Hidden states before each response token tokens[:, prompt_len:], their logits (fp32) and the log-probs of
-    the response tokens, all [N, R, ...]."""
+    the response tokens, all [N, R, ...]. Logits are divided by the sampling temperature, so that the log-probs
+    are those of the distribution the rollouts were drawn from."""
     h = lm.hidden(tokens, pad_mask)[:, prompt_len - 1:-1]
-    logits = lm.output(h).float()
+    logits = lm.output(h).float() / temperature
     return h, logits, torch.log_softmax(logits, -1).gather(-1, tokens[:, prompt_len:, None])[..., 0]
 
 
@@ -246,10 +271,10 @@ class Policy(nn.Module):
             nn.init.zeros_(self.value.weight)
             nn.init.zeros_(self.value.bias)
 
-    def forward(self, tokens, pad_mask, prompt_len, entropy_grad=False):
+    def forward(self, tokens, pad_mask, prompt_len, entropy_grad=False, temperature=1.0):
         """Log-probs, entropies and values [N, R] for the response tokens tokens[:, prompt_len:]. The entropy is a
         metric unless an entropy bonus needs its gradient: its graph over the whole vocabulary costs memory."""
-        h, logits, logp = response_logprobs(self.lm, tokens, pad_mask, prompt_len)
+        h, logits, logp = response_logprobs(self.lm, tokens, pad_mask, prompt_len, temperature)
         values = self.value(h)[..., 0].float() if self.value is not None else None
         if entropy_grad and torch.is_grad_enabled():
             ent = ppo.entropy(logits)
@@ -429,25 +454,36 @@ def load_checkpoint(ckpt: Path, policy: Policy, opt, sched):
         progress = json.loads((ckpt / "progress.json").read_text())
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
         lm = M.Transformer.from_pretrained(ckpt / "model", dtype=torch.float32)
+        full = {f"lm.{k}": v for k, v in lm.state_dict().items()}
+        full.update({f"value.{k}": v for k, v in state["value"].items()})
+        set_model_state_dict(policy, full, options=FULL)
+        set_optimizer_state_dict(policy, opt, state["optimizer"], options=FULL)
+        sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        return progress["step"], progress["cursor"]
     except Exception as e:
-        raise SystemExit(f"checkpoint {ckpt} is unreadable ({type(e).__name__}: {e}); it was left as it is. "
-                         "Remove it to resume from the one before.") from None
-    full = {f"lm.{k}": v for k, v in lm.state_dict().items()}
-    full.update({f"value.{k}": v for k, v in state["value"].items()})
-    set_model_state_dict(policy, full, options=FULL)
-    set_optimizer_state_dict(policy, opt, state["optimizer"], options=FULL)
-    sched.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return progress["step"], progress["cursor"]
+        raise SystemExit(f"checkpoint {ckpt} is unreadable or incomplete ({type(e).__name__}: {e}); it was left as "
+                         "it is. Remove it to resume from the one before.") from None
 
 
 def truncate_jsonl(path: Path, last_step: int):
-    """On resume, drop log lines written after the checkpoint (their steps will be redone)."""
-    if path.exists():
-        keep = [l for l in path.read_text().splitlines() if l and json.loads(l)["step"] <= last_step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(l + "\n" for l in keep))
-        os.replace(tmp, path)
+    """On resume, drop log lines written after the checkpoint (their steps will be redone), and a last line that a
+    killed run left half-written. Returns the rows kept."""
+    if not path.exists():
+        return []
+    lines = [l for l in path.read_text().split("\n") if l.strip()]
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines):
+                raise SystemExit(f"{path}:{n}: not valid JSON; the run's log is damaged") from None
+    keep = [r for r in rows if r["step"] <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    os.replace(tmp, path)
+    return keep
 
 
 # -----------------------------------------------------------------------------
@@ -513,14 +549,14 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
         ref_logp = []
         for s in range(0, len(tokens), cfg.micro_batch_size):
             sl = slice(s, s + cfg.micro_batch_size)
-            lp, _, v = policy(tokens[sl], pad[sl], P)
+            lp, _, v = policy(tokens[sl], pad[sl], P, temperature=cfg.temperature)
             old_logp.append(lp)
             old_values.append(v if v is not None else torch.zeros_like(lp))
         old_logp, old_values = torch.cat(old_logp), torch.cat(old_values)
         t2 = time.perf_counter()
         for s in range(0, len(tokens), cfg.micro_batch_size):
             sl = slice(s, s + cfg.micro_batch_size)
-            ref_logp.append(response_logprobs(ref, tokens[sl], pad[sl], P)[2])
+            ref_logp.append(response_logprobs(ref, tokens[sl], pad[sl], P, cfg.temperature)[2])
         ref_logp = torch.cat(ref_logp)
     timers["old_logp"] = t2 - t1
     timers["reference"] = time.perf_counter() - t2
@@ -535,7 +571,8 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
     def loss_fn(idx):
         m = mask[idx]
         with autocast(cfg, device):
-            logp, ent, values = ddp_policy(tokens[idx], pad[idx], P, entropy_grad=cfg.entropy_coef > 0)
+            logp, ent, values = ddp_policy(tokens[idx], pad[idx], P, entropy_grad=cfg.entropy_coef > 0,
+                                           temperature=cfg.temperature)
         pl, pst = ppo.policy_loss(logp, old_logp[idx], adv[idx], m, cfg.clip, cfg.loss_agg)
         loss = pl
         st = dict(policy_loss=pl.item(), clipfrac=float(pst["clipfrac"]), approx_kl=float(pst["approx_kl"]),
@@ -550,13 +587,14 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
             loss = loss + cfg.kl_coef * ppo.aggregate(ppo.kl(logp, ref_logp[idx], cfg.kl_kind), m, cfg.loss_agg)
         return loss, st
 
-    stats = optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, cfg.ppo_epochs, seed=cfg.seed * 31 + step)
-    if stats is None:
+    stats, skipped = optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, cfg.ppo_epochs, seed=cfg.seed * 31 + step)
+    if not stats:
         return None, records
     timers["train"] = time.perf_counter() - t3
 
     n_tok = float(mask.sum())
     metrics = mean_stats(stats)
+    metrics["skipped_updates"] = skipped
     metrics.update(
         reward_mean=float(scores.mean()), accuracy=float(np.mean([r["correct"] for r in records])),
         format_rate=float(np.mean([r["format_ok"] for r in records])), response_len=n_tok / len(records),
@@ -573,17 +611,19 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
 def optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, epochs, seed):
     """Epochs over shuffled mini-batches of rows; each mini-batch accumulates micro-batch gradients (synchronised
     across ranks on the last one only), clips them and takes one optimizer step. loss_fn(rows) -> (loss aggregated
-    over those rows, stats). Returns the stats, or None when a gradient was not finite (the step is then skipped)."""
+    over those rows, stats). A mini-batch whose gradient is not finite is skipped: its gradients are dropped and
+    the weights left as they are. Returns (stats of the mini-batches applied, number skipped)."""
     mini_rows = cfg.mini_batch_size // (dist.get_world_size() if dist.is_initialized() else 1)
     n_micro = mini_rows // cfg.micro_batch_size
     g = torch.Generator().manual_seed(seed)
     policy.lm.train()
-    stats = []
+    stats, skipped = [], 0
     for _ in range(epochs):
         order = torch.randperm(len(mask), generator=g).to(mask.device)
         for m0 in range(0, len(mask), mini_rows):
             mini = order[m0:m0 + mini_rows]
             opt.zero_grad(set_to_none=True)
+            mini_stats = []
             for k in range(n_micro):
                 rows = mini[k * cfg.micro_batch_size:(k + 1) * cfg.micro_batch_size]
                 # weight the micro-batch so the mini-batch total is the chosen aggregate (token- or sequence-mean)
@@ -594,16 +634,18 @@ def optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, epochs, seed):
                 with (ddp_policy.no_sync() if isinstance(ddp_policy, DDP) and not last else nullcontext()):
                     loss, st = loss_fn(rows)
                     (loss * weight).backward()
-                stats.append(st)
+                mini_stats.append(st)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             if isinstance(grad_norm, torch.distributed.tensor.DTensor):  # FSDP: a replicated DTensor
                 grad_norm = grad_norm.full_tensor()
-            if not torch.isfinite(grad_norm):
+            if not torch.isfinite(grad_norm):  # the same on every rank: the norm is taken after the all-reduce
                 opt.zero_grad(set_to_none=True)
-                return None
+                skipped += 1
+                continue
             opt.step()
-            stats[-1]["grad_norm"] = float(grad_norm)
-    return stats
+            mini_stats[-1]["grad_norm"] = float(grad_norm)
+            stats += mini_stats
+    return stats, skipped
 
 
 def mean_stats(stats):
@@ -629,11 +671,12 @@ def sft_step(cfg, policy, ddp_policy, opt, tokenizer, items, step, rank, eos_id,
         loss = ppo.aggregate(-logp, mask[rows], cfg.loss_agg)
         return loss, dict(sft_loss=loss.item())
 
-    stats = optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, 1, seed=cfg.seed * 31 + step)
+    stats, skipped = optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, 1, seed=cfg.seed * 31 + step)
     timers["train"] = time.perf_counter() - t0
-    if stats is None:
+    if not stats:
         return None, []
     metrics = mean_stats(stats)
+    metrics["skipped_updates"] = skipped
     metrics.update(response_len=float(mask.sum()) / len(items), gen_tokens=float(mask.sum()))
     return metrics, []
 
@@ -645,23 +688,31 @@ def sft_step(cfg, policy, ddp_policy, opt, tokenizer, items, step, rank, eos_id,
 def load_items(files, tokenizer, cfg, what):
     items = []
     for f in files:
-        items += data.load_mcqa(f)
-    if not items:
-        raise SystemExit(f"{what}: no items in {files}")
-    items, _ = data.encode_prompts(items, tokenizer, cfg.template, cfg.max_prompt_len)
+        try:
+            items += data.encode_prompts(data.load_mcqa(f), tokenizer, cfg.template, cfg.max_prompt_len,
+                                         where=f"{f}: ")[0]
+        except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError: file:line: field: what
+            raise SystemExit(f"{what}: {e}") from None
     if not items:
         raise SystemExit(f"{what}: every prompt is longer than max_prompt_len {cfg.max_prompt_len}")
     return items
 
 
-def prepare_run_folder(cfg: Config, resume, rank, world):
-    """Refuses a folder that holds something else (checked on every rank before any rank writes), then writes
-    config.json (rank 0)."""
+def check_run_folder(cfg: Config, resume):
+    """Refuses a folder that holds something else; checked on every rank before any rank writes."""
     run = Path(cfg.out)
+    if run.exists() and not run.is_dir():
+        raise SystemExit(f"--out {run}: exists and is not a folder")
     if resume is None and run.exists() and any(run.iterdir()):
         if (run / "config.json").exists():
             raise SystemExit(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
         raise SystemExit(f"{run} exists, is not empty and is not a med-rlvr run folder; refusing to write into it")
+    return run
+
+
+def write_config(cfg: Config, run: Path, rank, world):
+    """config.json (rank 0), once the inputs are known to be good: a run that fails on its data leaves no folder
+    behind, and a resume that fails on its checkpoint leaves the config it had."""
     barrier(world)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
@@ -698,12 +749,14 @@ def main(argv=None):
     rank, world, device = evaluation.setup_distributed(cfg.device)
     check_config(cfg, world)
     log = (lambda *a: tqdm.write(" ".join(map(str, a)))) if rank == 0 else (lambda *a: None)
-    run = prepare_run_folder(cfg, resume, rank, world)
+    run = check_run_folder(cfg, resume)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)  # same initialisation (value head) on every rank
 
     if cfg.model is None:  # the demo: a tiny model and the synthetic task, built once per run folder
+        if resume is None:
+            write_config(cfg, run, rank, world)
         if rank == 0 and not (run / "base" / "config.json").exists():
             build_demo(cfg, run, log)
         barrier(world)
@@ -713,13 +766,18 @@ def main(argv=None):
         model_dir, train_files, heldout_files = Path(cfg.model), cfg.train, cfg.heldout
         if not train_files:
             raise SystemExit("--model needs --train FILE [FILE ...] (MCQA data, see data.py)")
-    tokenizer = M.load_tokenizer(model_dir)
-    lm = M.Transformer.from_pretrained(model_dir, device=device, dtype=torch.float32)
+    try:
+        tokenizer = M.load_tokenizer(model_dir)
+        items = load_items(train_files, tokenizer, cfg, "--train")
+        heldout = load_items(heldout_files, tokenizer, cfg, "--heldout") if heldout_files else []
+        lm = M.Transformer.from_pretrained(model_dir, device=device, dtype=torch.float32)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--model {model_dir}: {e}") from None
     eos_id = lm.args.eos_id
     if eos_id is None:
         raise SystemExit(f"{model_dir}/config.json has no eos_token_id; the sampler needs one to stop replies")
-    items = load_items(train_files, tokenizer, cfg, "--train")
-    heldout = load_items(heldout_files, tokenizer, cfg, "--heldout") if heldout_files else []
+    if resume is None and cfg.model is not None:
+        write_config(cfg, run, rank, world)  # only now: a run that fails on its inputs leaves no folder behind
 
     lm.checkpointing = cfg.grad_checkpointing
     policy = Policy(lm, value_head=cfg.algo == "gae").to(device)
@@ -735,14 +793,15 @@ def main(argv=None):
     opt = make_optimizer(cfg, policy, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
 
-    step, cursor = 0, 0
+    step, cursor, logged = 0, 0, []
     if resume is not None:
         ckpt = latest_checkpoint(run)
         if ckpt is not None:
             step, cursor = load_checkpoint(ckpt, policy, opt, sched)
             log(f"resumed from {ckpt} (step {step})")
+        write_config(cfg, run, rank, world)  # only now: a resume that fails on its checkpoint leaves config.json be
         if rank == 0:
-            truncate_jsonl(run / "metrics.jsonl", step)
+            logged = truncate_jsonl(run / "metrics.jsonl", step)
             truncate_jsonl(run / "samples.jsonl", step)
         barrier(world)
         sync_rollout(policy, rollout_lm)
@@ -750,10 +809,10 @@ def main(argv=None):
     # SFT has no samples to draw: it takes group_size times more items, so a step has as many rows as in RL
     per_step = cfg.prompts_per_step * (cfg.group_size if cfg.algo == "sft" else 1)
     per_rank = per_step // world
-    bad, first = 0, None
+    bad, first = 0, (logged[0] if logged else None)
     bar = tqdm(range(step + 1, cfg.steps + 1), desc=f"{cfg.algo}", disable=rank != 0, dynamic_ncols=True,
                initial=step, total=cfg.steps)
-    metrics = {}
+    last = logged[-1] if logged else {}
     for step in bar:
         t0 = time.perf_counter()
         batch = draw_items(items, cursor, per_step, cfg.seed)[rank * per_rank:(rank + 1) * per_rank]
@@ -765,23 +824,27 @@ def main(argv=None):
         else:
             metrics, records = rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, batch, step, rank,
                                        eos_id, device, timers)
-        if metrics is None:
+        skipped = "all" if metrics is None else metrics["skipped_updates"]
+        if skipped:
             bad += 1
-            log(f"warning: step {step}: non-finite loss or gradient, update skipped ({bad} in a row)")
+            log(f"warning: step {step}: non-finite loss or gradient, {skipped} mini-batch update(s) skipped "
+                f"({bad} step(s) in a row)")
             if bad >= cfg.max_bad_steps:
-                raise SystemExit(f"stopping: {bad} non-finite steps in a row; the last good checkpoint is "
-                                 f"{latest_checkpoint(run)} (untouched)")
-            continue
-        bad = 0
-        sched.step()
-        if cfg.algo != "sft":
-            sync_rollout(policy, rollout_lm)
-        metrics.update({f"time_{k}": v for k, v in timers.items()})
-        metrics = all_mean(metrics, device, world)
-        metrics["tokens_per_s"] = metrics["gen_tokens"] * world / (time.perf_counter() - t0)
-        metrics.update(step=step, lr=sched.get_last_lr()[0], seconds=time.time() - t_start)
-        first = first or metrics
-        if rank == 0:
+                raise SystemExit(f"stopping: {bad} steps in a row with non-finite updates; the last good checkpoint "
+                                 f"is {latest_checkpoint(run)} (untouched)")
+        else:
+            bad = 0
+        if metrics is not None:  # some update was applied
+            lr = sched.get_last_lr()[0]  # the rate this step's updates used
+            sched.step()
+            if cfg.algo != "sft":
+                sync_rollout(policy, rollout_lm)
+            metrics.update({f"time_{k}": v for k, v in timers.items()})
+            metrics = all_mean(metrics, device, world)
+            metrics["tokens_per_s"] = metrics["gen_tokens"] * world / (time.perf_counter() - t0)
+            metrics.update(step=step, lr=lr, seconds=time.time() - t_start)
+            first, last = first or metrics, metrics
+        if rank == 0 and metrics is not None:
             with open(run / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if records and (step % cfg.sample_every == 0 or step == 1):
@@ -793,7 +856,9 @@ def main(argv=None):
                                 fmt=f"{metrics['format_rate']:.2f}")
             else:
                 bar.set_postfix(loss=f"{metrics['sft_loss']:.3f}")
-        if step % cfg.save_every == 0 or step == cfg.steps:
+        # not after a step whose updates were all skipped (the last good checkpoint stays the latest), but always at
+        # the end, which would otherwise lose the steps since the last checkpoint
+        if (step % cfg.save_every == 0 and metrics is not None) or step == cfg.steps:
             save_checkpoint(run, step, policy, opt, sched, cursor, cfg.keep_last, model_dir / "tokenizer.json", rank)
             barrier(world)
     bar.close()
@@ -807,7 +872,7 @@ def main(argv=None):
             sampled = heldout_eval(cfg, rollout_lm, tokenizer, heldout, eos_id, rank, world,
                                    temperature=cfg.temperature)
             final.update(heldout_sampled_accuracy=sampled["accuracy"], heldout_sampled_format_rate=sampled["format_rate"])
-    final["last"] = metrics
+    final["last"] = last
     # every rank must end with the same weights; record a checksum per rank so a divergence is visible
     checksum = float(sum(t.double().sum() for t in get_model_state_dict(policy, options=FULL).values()))
     final["rank_checksums"] = [checksum]
@@ -817,10 +882,10 @@ def main(argv=None):
     if rank == 0:
         (run / "final.json").write_text(json.dumps(final, indent=2))
         summary = f"done: {cfg.algo}, {cfg.steps} steps, {final['seconds']:.0f}s in all"
-        if first and "reward_mean" in first and "reward_mean" in metrics:
-            summary += (f"; reward {first['reward_mean']:+.2f} -> {metrics['reward_mean']:+.2f}, accuracy "
-                        f"{first['accuracy']:.2f} -> {metrics['accuracy']:.2f}, format {first['format_rate']:.2f} -> "
-                        f"{metrics['format_rate']:.2f}")
+        if first and "reward_mean" in first and "reward_mean" in last:
+            summary += (f"; reward {first['reward_mean']:+.2f} -> {last['reward_mean']:+.2f}, accuracy "
+                        f"{first['accuracy']:.2f} -> {last['accuracy']:.2f}, format {first['format_rate']:.2f} -> "
+                        f"{last['format_rate']:.2f}")
         if heldout:
             summary += f"; held-out accuracy {final['heldout_accuracy']:.3f} (format {final['heldout_format_rate']:.2f})"
         print(summary + f" -> {run / 'final.json'}")

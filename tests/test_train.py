@@ -127,11 +127,71 @@ def test_non_finite_steps_stop_the_run(base, tmp_path, monkeypatch):
         return loss * float("nan"), stats
     real = ppo.policy_loss
     monkeypatch.setattr(ppo, "policy_loss", nan_loss)
-    with pytest.raises(SystemExit, match="3 non-finite steps in a row"):
+    with pytest.raises(SystemExit, match="3 steps in a row with non-finite updates"):
         train.main(["--resume", str(run), "--steps", "10"])
     after = weights(run / "checkpoints" / "step_000002")
     assert all(torch.equal(good[k], after[k]) for k in good)
     assert not (run / "checkpoints" / "step_000004").exists()
+
+
+def test_a_non_finite_mini_batch_is_skipped_alone(base, tmp_path, monkeypatch):
+    """Two mini-batches per step; the second one's loss is NaN on the last step: the first one's update stands (and
+    the sampler gets it), the bad one is dropped, the run ends normally with the last step's checkpoint."""
+    run = tmp_path / "partial"
+    calls = []
+
+    def nan_second_mini_batch(logp, *a, **k):
+        loss, stats = real(logp, *a, **k)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) > 4 and len(calls) % 2 == 0 else loss), stats
+    real = ppo.policy_loss
+    monkeypatch.setattr(ppo, "policy_loss", nan_second_mini_batch)
+    synced = []
+    real_sync = train.sync_rollout
+    monkeypatch.setattr(train, "sync_rollout", lambda *a: synced.append(1) or real_sync(*a))
+    final = train.main(real_run(base, "--out", str(run), "--steps", "3", "--mini-batch-size", "16",
+                                "--micro-batch-size", "16"))
+    m = metrics(run)
+    assert [r["skipped_updates"] for r in m] == [0, 0, 1]
+    assert final["last"]["step"] == 3 and len(synced) == 3  # the half-applied step refreshed the sampler too
+    assert (run / "checkpoints" / "step_000003").exists()
+
+
+def test_a_skipped_last_step_still_ends_cleanly(base, tmp_path, monkeypatch):
+    run = tmp_path / "lastbad"
+    train.main(real_run(base, "--out", str(run), "--steps", "2", "--save-every", "1"))
+    real = ppo.policy_loss
+    monkeypatch.setattr(ppo, "policy_loss", lambda *a, **k: (lambda l, s: (l * float("nan"), s))(*real(*a, **k)))
+    final = train.main(["--resume", str(run), "--steps", "3"])
+    assert final["last"]["step"] == 2  # the last step that was applied
+    assert (run / "checkpoints" / "step_000003").exists()  # the cursor moved on; the weights are step 2's
+    a, b = weights(run / "checkpoints" / "step_000002"), weights(run / "checkpoints" / "step_000003")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_logged_lr_is_the_one_used(base, tmp_path):
+    run = tmp_path / "lr"
+    train.main(real_run(base, "--out", str(run), "--steps", "3", "--warmup-steps", "3", "--lr", "3e-4"))
+    assert [round(r["lr"], 12) for r in metrics(run)] == [1e-4, 2e-4, 3e-4]
+
+
+def test_kl_defaults_follow_the_algorithm():
+    assert (train.Config().kl_in_reward, train.Config().kl_kind) == (True, "k1")
+    assert (train.Config(algo="grpo").kl_in_reward, train.Config(algo="grpo").kl_kind) == (False, "k3")
+    assert train.Config(algo="grpo", kl_in_reward=True).kl_kind == "k1"
+    assert train.parse_config(["--algo", "grpo", "--kl-in-reward"])[0].kl_in_reward is True
+
+
+def test_training_logprobs_match_the_sampler_at_its_temperature(base):
+    """Old, reference and new log-probs are those of the distribution the rollouts came from: softmax(logits / T)."""
+    lm = M.Transformer.from_pretrained(base / "base")
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    out = M.generate(lm, prompts, 6, temperature=0.7, seed=0)
+    tokens, pad, mask, P = train.pack(prompts, out.tokens, 0)
+    with torch.no_grad():
+        lp = train.response_logprobs(lm, tokens, pad, P, 0.7)[2]
+    for i, row in enumerate(out.logprobs):
+        assert torch.allclose(lp[i, :len(row)], torch.tensor(row), atol=1e-5)
 
 
 # -----------------------------------------------------------------------------
@@ -157,7 +217,14 @@ def test_resume_config_mismatch(base, tmp_path):
     before = (run / "config.json").read_text()
     with pytest.raises(SystemExit, match=r"config mismatch \(lr: run has 0.0003, flag says 0.5\)"):
         train.main(["--resume", str(run), "--lr", "0.5"])
+    with pytest.raises(SystemExit, match="--preset cannot be given"):
+        train.main(["--resume", str(run), "--preset", "qwen2.5-3b"])
     assert (run / "config.json").read_text() == before
+    cfg = json.loads(before)
+    del cfg["kl_kind"]
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit, match=r"missing keys \['kl_kind'\]"):
+        train.main(["--resume", str(run)])
 
 
 def test_corrupted_checkpoint(base, tmp_path):
@@ -166,16 +233,35 @@ def test_corrupted_checkpoint(base, tmp_path):
     f = run / "checkpoints" / "step_000001" / "model" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:1000])
     damaged = f.read_bytes()
+    config = (run / "config.json").read_text()
     with pytest.raises(SystemExit, match="step_000001 is unreadable"):
         train.main(["--resume", str(run), "--steps", "2"])
     assert f.read_bytes() == damaged  # left as it was
+    assert (run / "config.json").read_text() == config  # and the run's config too (its steps are still 1)
+
+
+def test_resume_after_a_torn_log_line(base, tmp_path):
+    run = tmp_path / "torn"
+    shutil.copytree(base, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "reward_me')  # killed while writing step 2's line
+    train.main(["--resume", str(run), "--steps", "2"])
+    assert [m["step"] for m in metrics(run)] == [1, 2]
 
 
 def test_empty_dataset_and_indivisible_batch(base, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(Exception, match="empty"):
+    with pytest.raises(SystemExit, match="--train: .*empty.jsonl:1: file: empty"):
         train.main(["--model", str(base / "base"), "--train", str(empty), "--out", str(tmp_path / "e"), *TINY])
+    assert not (tmp_path / "e").exists()  # nothing written: the same command works once the data is fixed
+    with pytest.raises(SystemExit, match="micro_batch_size must be >= 1, got 0"):
+        train.main(real_run(base, "--out", str(tmp_path / "z"), "--micro-batch-size", "0"))
+    with pytest.raises(SystemExit, match="demo task: need 16 <= n_train"):
+        train.main(["--out", str(tmp_path / "z"), "--demo-n-train", "0"])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="exists and is not a folder"):
+        train.main(real_run(base, "--out", str(tmp_path / "file")))
     with pytest.raises(SystemExit, match="must be divisible by mini_batch_size 12"):
         train.main(real_run(base, "--out", str(tmp_path / "d"), "--mini-batch-size", "12"))
     with pytest.raises(SystemExit, match="grpo needs group_size >= 2"):
