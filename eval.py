@@ -549,6 +549,8 @@ def report(argv):
             fail(f"{run / 'samples.jsonl'}:{n}: expected an integer step and a string response")
     folder = run / "report"
     folder.mkdir(exist_ok=True)
+    for name in [f for f, _ in FIGURES] + ["patterns.png"]:  # an earlier report's plots would pass for this one's
+        (folder / name).unlink(missing_ok=True)
     plots = plot(metrics, folder)
     (folder / "report.md").write_text(report_markdown(run, metrics, samples, plots))
     print(f"wrote {folder / 'report.md'}" + (f" and {len(plots)} plots" if plots else ""))

@@ -843,6 +843,8 @@ def main(argv=None):
             metrics = all_mean(metrics, device, world)
             metrics["tokens_per_s"] = metrics["gen_tokens"] * world / (time.perf_counter() - t0)
             metrics.update(step=step, lr=lr, seconds=time.time() - t_start)
+            # strict JSON has no NaN (explained variance is NaN when every return is equal): write null
+            metrics = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in metrics.items()}
             first, last = first or metrics, metrics
         if rank == 0 and metrics is not None:
             with open(run / "metrics.jsonl", "a") as f:

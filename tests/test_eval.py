@@ -433,6 +433,8 @@ def test_report_sft_run_without_matplotlib(tmp_path, monkeypatch, capsys):
     (run / "metrics.jsonl").write_text("".join(json.dumps(dict(step=s, sft_loss=2.0 / s, response_len=9.0)) + "\n"
                                                for s in range(1, 6)))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    (run / "report").mkdir()
+    (run / "report" / "reward.png").write_bytes(b"an earlier report's plot")
     folder = E.main(["report", str(run)])
     assert "pip install matplotlib" in capsys.readouterr().out
     md = (folder / "report.md").read_text()

@@ -169,10 +169,16 @@ def test_a_skipped_last_step_still_ends_cleanly(base, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_logged_lr_is_the_one_used(base, tmp_path):
+def test_logged_lr_is_the_one_used_and_the_log_is_strict_json(base, tmp_path, monkeypatch):
     run = tmp_path / "lr"
+    monkeypatch.setattr(ppo, "explained_variance", lambda *a: float("nan"))  # as when every return is equal
     train.main(real_run(base, "--out", str(run), "--steps", "3", "--warmup-steps", "3", "--lr", "3e-4"))
     assert [round(r["lr"], 12) for r in metrics(run)] == [1e-4, 2e-4, 3e-4]
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in metrics.jsonl")
+    rows = [json.loads(l, parse_constant=no_nan) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["explained_variance"] is None for r in rows)
 
 
 def test_kl_defaults_follow_the_algorithm():
