@@ -12,11 +12,11 @@ CKPT is a Hugging Face model folder (config.json, model.safetensors, tokenizer.j
 
 DIR/results.json holds, for each data file (under its file name without extension) and for all of them together
 (under "all"): n (items), accuracy, bootstrap_std and ci95 (of the accuracy, items resampled), format_rate,
-mean_response_tokens (EOS included), mean_think_words, patterns (share of each verifier.PATTERNS label),
-by_source ({source: {n, accuracy}}), dropped (prompts too long for the context) and, with --samples k > 1,
-pass_at_k (an item counts if any of its k replies is right) and majority_accuracy (the most frequent answer letter
-of the k replies; ties go to the letter given first; no letter at all is wrong); accuracy is then the mean over all
-k * n replies. DIR/items.jsonl holds one record per (item, sample).
+mean_response_tokens (EOS included; with --stop, the reply up to the stop text), mean_think_words, patterns (share
+of each verifier.PATTERNS label), by_source ({source: {n, accuracy}}), dropped (prompts too long for the context)
+and, with --samples k > 1, pass_at_k (an item counts if any of its k replies is right) and majority_accuracy (the
+most frequent answer letter of the k replies; ties go to the letter given first; no letter at all is wrong);
+accuracy is then the mean over all k * n replies. DIR/items.jsonl holds one record per (item, sample).
 """
 
 import argparse

@@ -72,10 +72,15 @@ class ModelArgs:
                  "sliding-window attention is not implemented, only 'full_attention' is")
         for key in ("rope_scaling", "rope_parameters"):
             rope = cfg.get(key) or {}
+            if not isinstance(rope, dict):
+                fail(f"{key}: expected an object or null, got {rope!r}")
             kind = rope.get("rope_type", rope.get("type", "default"))
             if kind != "default":
                 fail(f"{key} with rope_type {kind!r} is not supported; only plain RoPE ('default') is implemented")
-        theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))  # HF's default
+        params = cfg.get("rope_parameters") or {}
+        theta = params["rope_theta"] if "rope_theta" in params else cfg.get("rope_theta", 10000.0)  # HF's default
+        if not isinstance(theta, (int, float)) or theta <= 0:
+            fail(f"rope_theta: expected a positive number, got {theta!r}")
         n_heads = cfg["num_attention_heads"]
         n_kv = cfg.get("num_key_value_heads") or n_heads
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
@@ -483,9 +488,10 @@ def sample(logits, temperature, top_k, top_p, generator):
     m = scaled.max(-1, keepdim=True).values
     e = (scaled - m).exp()
     log_z = m[:, 0] + e.sum(-1).log()
-    # fp64: an fp32 running sum over a 152k vocabulary loses the tail tokens' mass (some could never be drawn)
+    # fp64, the sums and the uniform draw: on an fp32 grid (steps of 2^-24 of the total) tens of thousands of a
+    # 152k vocabulary's tail tokens get no slice of the CDF and could never be drawn
     cdf = filter_probs(e, top_k, top_p).double().cumsum(-1)
-    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, dtype=torch.float64, generator=generator) * cdf[:, -1:]
     token = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=cdf.shape[-1] - 1)
     return token, scaled.gather(-1, token[:, None])[:, 0] - log_z
 

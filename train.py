@@ -139,7 +139,7 @@ PRESETS = {
         temperature=1.0, top_p=1.0,
         lr=5e-7, value_lr=9e-6,    # OpenRLHF PPO example actor / critic learning rates
         warmup_steps=10, ppo_epochs=1, mini_batch_size=32, micro_batch_size=4,
-        kl_coef=0.001, kl_kind="k1", kl_in_reward=True, gamma=1.0, lam=0.95,  # OpenRLHF defaults
+        kl_coef=0.001, gamma=1.0, lam=0.95,  # OpenRLHF defaults (KL: k1 in the reward, Config's default for gae)
         clip=0.2, value_clip=0.2, vf_coef=0.5, grad_clip=1.0, whiten_advantages=True,
         bf16=True, grad_checkpointing=True, save_every=50, keep_last=2, sample_every=10, n_samples=8,
     ),

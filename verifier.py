@@ -19,11 +19,12 @@ Format (the default rule, the paper's)
 
 Answer (the text inside <answer>...</answer>, stripped)
   It must name exactly one offered letter. Accepted, for gold C of options ABCD:
-      C    C.    C:    C)    (C)    [C]    **C**    \boxed{C}    Option C
+      C    C.    C:    C)    (C)    [C]    **C**    \boxed{C}    $\boxed{C}$    Option C
       C. Ceftriaxone    C: Ceftriaxone    C) Ceftriaxone    (C) Ceftriaxone    C - Ceftriaxone
       The answer is C    The answer is (C).    Answer: C    The correct answer is **C**.
-      So the best answer is C    Final answer: C    (lead-in words from LEAD_WORDS)
-      c    c.    c)    (c)    lower case only when the letter stands alone
+      So the best answer is C    **Final answer:** C    The correct option is C
+                                 (lead-in words from LEAD_WORDS; bold is ignored everywhere)
+      c    c.    c)    (c)    the answer is c      lower case only for the letter alone
       Ceftriaxone                the exact text of one option (dict options only;
                                  case, spacing and a trailing period do not matter)
   Format failures (-1), whatever the gold:
@@ -36,10 +37,11 @@ Answer (the text inside <answer>...</answer>, stripped)
                               when ten options are offered)
   A letter form wins over option text ("C" is option C even if some option's text is "C").
   With letter-only options the text after "C." cannot be checked against the option, but it
-  may not name another offered letter: one that stands as a choice, at the start of the text,
-  after punctuation or after a word such as "or", "is" or "option" ("C. B", "C) D)",
-  "C. The answer is B", "C: A and D"), makes the answer name two options. A letter inside a
-  term does not: "C. Hepatitis B", "C. B-cell lymphoma", "C. E. coli", "C. A patient ...".
+  may not name another offered letter: one that stands as a choice -- at the start of the text,
+  after punctuation, after a word such as "or", "is", "not" or "option", or as a label
+  ("C. B is also right", "C) D)", "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and
+  D", "C, not B") -- makes the answer name two options. A letter inside a term does not:
+  "C. Hepatitis B", "C. B-cell lymphoma", "C. E. coli", "C. A patient ...".
 
 Reward: -1.0 if the format fails, else 1.0 if the resolved letter is the gold one, else 0.0.
 
@@ -70,7 +72,7 @@ VERBOSE_WORDS = 100
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 TAG_RE = re.compile(r"</?(?:think|answer)>")
 TAIL_RE = re.compile(r"(?:\s|<\|endoftext\|>|<\|im_end\|>|</s>|<eos>|<\|eot_id\|>|<\|end_of_text\|>)*")
-WRAP_RE = re.compile(r"\*\*([^*]+)\*\*\.?|\\boxed\{([^{}]+)\}\.?")  # **C**, **C**., \boxed{C}
+WRAP_RE = re.compile(r"\$?\\boxed\{([^{}]+)\}\$?\.?")  # \boxed{C}, $\boxed{C}$ (bold ** is dropped first)
 LOWER_RE = re.compile(r"\(([a-z])\)|([a-z])[.)]?")  # c, c., c), (c): lower case only standing alone
 # "The answer is", "Answer:", "So the best answer is", "Option"...: up to four lead-in words from a fixed
 # list (never a letter, which could be an option) before "answer", which must end in a space or colon so that
@@ -78,7 +80,7 @@ LOWER_RE = re.compile(r"\(([a-z])\)|([a-z])[.)]?")  # c, c., c), (c): lower case
 LEAD_WORDS = ("so", "thus", "therefore", "hence", "my", "the", "final", "correct", "best", "right", "most",
               "likely", "true")
 PREFIX_RE = re.compile(
-    rf"(?:(?:(?:{'|'.join(LEAD_WORDS)}),?\s+){{0,4}}answer(?:\s+is)?(?:\s*:)?\s*(?<=[\s:]))?"
+    rf"(?:(?:(?:{'|'.join(LEAD_WORDS)}),?\s+){{0,4}}(?:answer|option|choice)(?:\s+is)?(?:\s*:)?\s*(?<=[\s:]))?"
     r"(?:(?:option|choice)\s+)?", re.IGNORECASE)
 # C  C.  C:  C)  (C)  [C]  then optionally text, after whitespace or a spaced dash. A bare letter must
 # be followed by punctuation, a spaced dash or the end, which rules out "A patient", "AB", "A/B",
@@ -91,7 +93,8 @@ LETTER_RE = re.compile(
 CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is",
                 "answer", "option", "choice", "maybe", "perhaps", "probably", "possibly"}
 WORD_BEFORE_RE = re.compile(r"([A-Za-z0-9]+)[ \t-]*\Z")  # the word right before a letter, in the same phrase
-IN_TERM_RE = re.compile(r"-[A-Za-z0-9]|\.?[ \t]+(?!(?:or|and|nor)\b)[a-z]")  # "B-cell", "E. coli", "A patient"
+IN_TERM_RE = re.compile(r"-[A-Za-z0-9]|\.[ \t]+[a-z]")  # what follows a letter inside a term: "B-cell", "E. coli"
+LABEL_RE = re.compile(r"\)|\.[ \t]+[A-Z]")  # what follows an option's label: "D) Gentamicin", "B. Vancomycin"
 ARTICLE_RE = re.compile(r"A\s+(?!(?:or|and|nor)\b)[a-z]")  # "A patient": the article, not option A
 TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z](?![A-Za-z0-9])")  # a capital letter standing alone
 ANSWER_IS_RE = re.compile(
@@ -147,7 +150,7 @@ def has_phrase(hay, needle):
 
 def unwrap(s):
     m = WRAP_RE.fullmatch(s)
-    return (m.group(1) or m.group(2)).strip() if m else s
+    return m.group(1).strip() if m else s
 
 
 def other_choices(text, letter, letters):
@@ -157,11 +160,11 @@ def other_choices(text, letter, letters):
         o = m.group()
         if o not in letters or o == letter or o in others:
             continue
+        if ARTICLE_RE.match(text, m.start()) or IN_TERM_RE.match(text, m.end()):
+            continue  # "A patient", "B-cell lymphoma", "E. coli"
         before = WORD_BEFORE_RE.search(text, 0, m.start())
-        if before and before.group(1).lower() not in CHOICE_WORDS:
+        if before and before.group(1).lower() not in CHOICE_WORDS and not LABEL_RE.match(text, m.end()):
             continue  # "Hepatitis B", "vitamin A": part of the option's wording
-        if not before and IN_TERM_RE.match(text, m.end()):
-            continue  # "B-cell lymphoma", "E. coli", "A patient"
         others.append(o)
     return others
 
@@ -207,7 +210,7 @@ def diagnose(s, letters):
 
 def resolve(content, letters, texts):
     """(letter, "") for the one option the answer names, else (None, reason)."""
-    s = unwrap(content.strip())
+    s = unwrap(content.replace("**", "").strip())  # bold carries no meaning: **C**, **Answer:** C
     if not s:
         return None, "empty answer"
     rest = unwrap(s[PREFIX_RE.match(s).end():])

@@ -261,9 +261,9 @@ def test_sampling_follows_the_distribution():
 
 
 def test_inverse_cdf_gives_every_token_its_interval(monkeypatch):
-    """At Qwen's vocabulary size, every token, however unlikely, owns its slice of the sampler's CDF: a uniform draw
-    in the middle of token j's interval (from the sampler's own weights, summed exactly) returns j. Stored in fp32,
-    tens of thousands of tail tokens get slices of width 0 and can never be drawn, while their neighbours get double."""
+    """At Qwen's vocabulary size, every token, however unlikely, can be drawn: a uniform draw in the middle of token
+    j's interval (from the sampler's own weights, summed exactly) returns j. The draw keeps the precision the sampler
+    asks torch.rand for: on an fp32 grid (or with an fp32 CDF), tens of thousands of tail tokens get no slice."""
     V, B = 151_936, 64
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(V, generator=g) * 3).expand(B, V).contiguous()
@@ -271,7 +271,7 @@ def test_inverse_cdf_gives_every_token_its_interval(monkeypatch):
     targets = w.argsort()[torch.randint(0, V // 3, (B,), generator=g)]  # among the least likely third
     upper = w.cumsum(-1)
     mid = (upper[targets] - w[targets] / 2) / upper[-1]
-    monkeypatch.setattr(torch, "rand", lambda *a, **k: mid[:, None])
+    monkeypatch.setattr(torch, "rand", lambda *a, dtype=torch.float32, **k: mid[:, None].to(dtype))
     token, _ = M.sample(logits, 1.0, 0, 1.0, None)
     assert torch.equal(token, targets)
 
@@ -342,6 +342,9 @@ def test_quantized_checkpoint_is_refused(tmp_path):
     ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
     ({"rope_parameters": {"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}}, "rope_type 'linear'"),
     ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"rope_scaling": "yarn"}, "rope_scaling: expected an object or null"),
+    ({"rope_theta": "1e6", "rope_parameters": None}, "rope_theta: expected a positive number"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": None}}, "rope_theta: expected a positive number"),
     ({"architectures": ["Qwen2ForSequenceClassification"]}, "architectures"),
 ])
 def test_unsupported_config(tmp_path, patch, message):

@@ -63,6 +63,13 @@ CASES = [
     (reply("the answer is c"), "C", "ABCD", 1, "C", {}),
     (reply("option c"), "C", "ABCD", 1, "C", {}),
     (reply("c)"), "C", "ABCD", 1, "C", {}),
+    (reply("B. Type A personality"), "B", "ABCD", 1, "B", {}),
+    (reply("C. Vitamin B12 deficiency"), "C", "ABCD", 1, "C", {}),
+    (reply("(B) Group B streptococcus"), "B", "ABCD", 1, "B", {}),
+    (reply("**Answer:** C"), "C", "ABCD", 1, "C", {}),
+    (reply("$\\boxed{C}$"), "C", "ABCD", 1, "C", {}),
+    (reply("The correct option is C"), "C", "ABCD", 1, "C", {}),
+    (reply("C. **Ceftriaxone**"), "C", DRUGS, 1, "C", {}),
     (reply("C. Gout (A classic case)"), "C", "ABCD", 1, "C", {}),  # "(A classic": the article
     # wrong but well-formed
     (reply("B"), "C", "ABCD", 0, "B", {}),
@@ -90,6 +97,13 @@ CASES = [
     (reply("C. Option B"), "C", "ABCD", -1, None, {}),
     (reply("C. Ceftriaxone; B"), "C", "ABCD", -1, None, {}),
     (reply("C. **B**"), "C", "ABCD", -1, None, {}),
+    (reply("C. B is also correct"), "C", "ABCD", -1, None, {}),
+    (reply("C. D too"), "C", "ABCD", -1, None, {}),
+    (reply("C) Ceftriaxone D) Gentamicin"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone B. Vancomycin"), "C", "ABCD", -1, None, {}),
+    (reply("The answer is C. D is also possible"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone, not B"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone, D is wrong"), "C", "ABCD", -1, None, {}),
     # empty answers
     (reply(""), "A", "ABCD", -1, None, {}),
     (reply(" "), "A", "ABCD", -1, None, {}),
