@@ -239,6 +239,22 @@ def check_config(cfg: Config, world: int):
 # Distributed helpers (eval.setup_distributed reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK)
 
 
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+def whiten_over_ranks(x, mask):
+    """ppo.masked_whiten with the mean and variance of every rank's real tokens, so that a rank's advantages do
+    not depend on which rollouts it happened to draw."""
+    n = sum_over_ranks(mask.sum().double())
+    mean = sum_over_ranks((x * mask).sum().double()) / n
+    var = sum_over_ranks((((x - mean) ** 2) * mask).sum().double()) / n
+    return ((x - mean) * torch.rsqrt(var + 1e-8) * mask).to(x.dtype)
+
+
 def all_mean(values: dict, device, world: int) -> dict:
     """Averages a dict of floats over ranks (every rank holds the same keys)."""
     if world == 1:
@@ -566,7 +582,7 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
     rewards = ppo.token_rewards(scores, old_logp, ref_logp, mask, kl_coef_reward, cfg.kl_kind)
     adv, returns = ppo.advantages(cfg.algo, rewards, old_values, mask, cfg.group_size, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages and cfg.algo == "gae":
-        adv = ppo.masked_whiten(adv, mask)
+        adv = whiten_over_ranks(adv, mask)
 
     def loss_fn(idx):
         m = mask[idx]
@@ -613,7 +629,8 @@ def optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, epochs, seed):
     across ranks on the last one only), clips them and takes one optimizer step. loss_fn(rows) -> (loss aggregated
     over those rows, stats). A mini-batch whose gradient is not finite is skipped: its gradients are dropped and
     the weights left as they are. Returns (stats of the mini-batches applied, number skipped)."""
-    mini_rows = cfg.mini_batch_size // (dist.get_world_size() if dist.is_initialized() else 1)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    mini_rows = cfg.mini_batch_size // world
     n_micro = mini_rows // cfg.micro_batch_size
     g = torch.Generator().manual_seed(seed)
     policy.lm.train()
@@ -624,10 +641,13 @@ def optimize(cfg, policy, ddp_policy, opt, mask, loss_fn, epochs, seed):
             mini = order[m0:m0 + mini_rows]
             opt.zero_grad(set_to_none=True)
             mini_stats = []
+            # token-mean over the mini-batch of every rank: DDP and FSDP average the ranks' gradients, so each rank
+            # weighs its tokens by world / (all ranks' tokens), whatever its own share of them
+            mini_tokens = sum_over_ranks(mask[mini].sum()) / world
             for k in range(n_micro):
                 rows = mini[k * cfg.micro_batch_size:(k + 1) * cfg.micro_batch_size]
                 # weight the micro-batch so the mini-batch total is the chosen aggregate (token- or sequence-mean)
-                weight = mask[rows].sum() / mask[mini].sum() if cfg.loss_agg == "token-mean" else len(rows) / len(mini)
+                weight = mask[rows].sum() / mini_tokens if cfg.loss_agg == "token-mean" else len(rows) / len(mini)
                 last = k == n_micro - 1
                 if cfg.fsdp:
                     policy.set_requires_gradient_sync(last)

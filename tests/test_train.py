@@ -104,6 +104,57 @@ def torchrun(base, run, *extra, port):
     return json.loads((run / "final.json").read_text())
 
 
+TWO_RANKS = """
+import json, sys, torch, torch.distributed as dist
+import ppo, train
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+# rank 0 holds 4 real tokens, rank 1 holds 6: a per-rank token mean would weigh rank 0's tokens 1.5 times more
+mask = torch.tensor([[[1, 0, 0, 0], [1, 1, 1, 0]], [[1, 1, 1, 1], [1, 1, 0, 0]]][rank], dtype=torch.float)
+v = torch.tensor([[[1, 0, 0, 0], [2, 3, 4, 0]], [[5, 6, 7, 8], [9, 10, 0, 0]]][rank], dtype=torch.float)
+
+class Scalar(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lm, self.w = torch.nn.Identity(), torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return self.w * x
+
+policy = Scalar()
+ddp = torch.nn.parallel.DistributedDataParallel(policy)
+cfg = train.Config(mini_batch_size=4, micro_batch_size=1, grad_clip=1e9)  # 2 micro-batches of 1 row per rank
+opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+loss_fn = lambda rows: (ppo.aggregate(ddp(v[rows]), mask[rows], "token-mean"), {})
+train.optimize(cfg, policy, ddp, opt, mask, loss_fn, 1, seed=0)
+white = train.whiten_over_ranks(v, mask)
+out = [None, None]
+dist.all_gather_object(out, (float(policy.w), white.tolist()))
+if rank == 0:
+    json.dump(out, open(sys.argv[1], "w"))
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_token_mean_and_whitening_span_the_ranks(tmp_path):
+    """Under torchrun, the token-mean loss and the advantage whitening are those of all ranks' tokens together, as
+    in one process holding the whole batch: d(mean of w * v)/dw = mean of v over the 10 real tokens = 5.5 (a
+    per-rank mean, averaged over the ranks, would give (2.5 + 7.5) / 2 = 5.0)."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(TWO_RANKS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
+           str(script), str(tmp_path / "out.json")]
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (w0, white0), (w1, white1) = json.loads((tmp_path / "out.json").read_text())
+    assert w0 == w1 == pytest.approx(-5.5)  # one SGD step of lr 1 on the global token mean
+    v = torch.tensor([[1, 0, 0, 0], [2, 3, 4, 0], [5, 6, 7, 8], [9, 10, 0, 0]], dtype=torch.float)
+    whole = ppo.masked_whiten(v, (v > 0).float())
+    assert torch.allclose(torch.tensor(white0 + white1), whole, atol=1e-6)
+
+
 def test_torchrun_two_ranks_gloo_ddp_and_fsdp(base, tmp_path):
     ddp = torchrun(base, tmp_path / "ddp", "--heldout", str(base / "data" / "heldout.jsonl"), port=29533)
     sums = ddp["rank_checksums"]
