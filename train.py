@@ -249,10 +249,10 @@ def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 def whiten_over_ranks(x, mask):
     """ppo.masked_whiten with the mean and variance of every rank's real tokens, so that a rank's advantages do
     not depend on which rollouts it happened to draw."""
-    n = sum_over_ranks(mask.sum().double())
-    mean = sum_over_ranks((x * mask).sum().double()) / n
-    var = sum_over_ranks((((x - mean) ** 2) * mask).sum().double()) / n
-    return ((x - mean) * torch.rsqrt(var + 1e-8) * mask).to(x.dtype)
+    n = sum_over_ranks(mask.sum())
+    mean = sum_over_ranks((x * mask).sum()) / n
+    var = sum_over_ranks(((x - mean) ** 2 * mask).sum()) / n
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask  # in one process, bit for bit ppo.masked_whiten
 
 
 def all_mean(values: dict, device, world: int) -> dict:

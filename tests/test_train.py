@@ -155,6 +155,13 @@ def test_token_mean_and_whitening_span_the_ranks(tmp_path):
     assert torch.allclose(torch.tensor(white0 + white1), whole, atol=1e-6)
 
 
+def test_whitening_in_one_process_is_ppo_masked_whiten():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 40, generator=g)
+    mask = (torch.arange(40) < torch.randint(1, 41, (16, 1), generator=g)).float()
+    assert torch.equal(train.whiten_over_ranks(x, mask), ppo.masked_whiten(x, mask))
+
+
 def test_torchrun_two_ranks_gloo_ddp_and_fsdp(base, tmp_path):
     ddp = torchrun(base, tmp_path / "ddp", "--heldout", str(base / "data" / "heldout.jsonl"), port=29533)
     sums = ddp["rank_checksums"]
