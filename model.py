@@ -11,6 +11,7 @@ model, loading and saving, then the sampler. `python model.py CKPT "prompt"` sam
 """
 
 import json
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -556,9 +557,9 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     graphs.
     """
     prompts = prompt_tensors(prompts, model.args.vocab_size)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not (0 <= temperature < float("inf")) or not 0 < top_p <= 1 or not isinstance(top_k, int) or top_k < 0:
+    if not (0 <= temperature < float("inf")) or not 0 < top_p <= 1 or not isinstance(top_k, numbers.Integral) or top_k < 0:
         raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k}")
     eos_ids = [] if eos_id is None else [int(eos_id)] if isinstance(eos_id, int) else [int(e) for e in eos_id]
     B, P = len(prompts), max(len(p) for p in prompts)

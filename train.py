@@ -111,7 +111,6 @@ class Config:
     n_samples: int = 4                # replies written each time
     max_bad_steps: int = 3            # consecutive non-finite steps before the run stops
 
-
     def __post_init__(self):
         # GRPO divides by the spread of a group's rewards: with equal outcomes only KL noise (~1e-4) is left, and
         # dividing makes it advantages of +-1. So GRPO takes KL as a loss, as DeepSeek's GRPO does. As a loss, k1's
@@ -274,7 +273,9 @@ def response_logprobs(lm: M.Transformer, tokens, pad_mask, prompt_len, temperatu
     the response tokens, all [N, R, ...]. Logits are divided by the sampling temperature, so that the log-probs
     are those of the distribution the rollouts were drawn from."""
     h = lm.hidden(tokens, pad_mask)[:, prompt_len - 1:-1]
-    logits = lm.output(h).float() / temperature
+    logits = lm.output(h).float()
+    if temperature != 1.0:  # a vocabulary-sized copy per token: not when it changes nothing
+        logits = logits / temperature
     return h, logits, torch.log_softmax(logits, -1).gather(-1, tokens[:, prompt_len:, None])[..., 0]
 
 
