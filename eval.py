@@ -135,18 +135,21 @@ def summarize(records, samples, n_resamples, seed):
 
 
 def table(results, names, samples):
-    """The results as a fixed-width text table, one row per file and one for all."""
+    """The results as fixed-width text: one row per file and one for all, then the reply patterns of all."""
     k = f"pass@{samples}"
-    head = f"{'file':<32} {'n':>6}  {'accuracy':<15}  {'95% CI':<14}  {'format':>6}  {'mean len':>8}"
+    head = f"{'file':<32} {'n':>6} {'dropped':>7}  {'accuracy':<15}  {'95% CI':<14}  {'format':>6}  {'mean len':>8}"
     head += f"  {k:>8}  {'majority':>8}" if samples > 1 else ""
     rows = [head, "-" * len(head)]
     for name in names + ["all"]:
         r = results[name]
         acc = f"{r['accuracy']:.3f} ± {r['bootstrap_std']:.3f}"
         ci = f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
-        row = f"{name[:32]:<32} {r['n']:>6}  {acc:<15}  {ci:<14}  {r['format_rate']:>6.3f}  {r['mean_response_tokens']:>8.1f}"
+        row = (f"{name[:32]:<32} {r['n']:>6} {r['dropped']:>7}  {acc:<15}  {ci:<14}  {r['format_rate']:>6.3f}  "
+               f"{r['mean_response_tokens']:>8.1f}")
         row += f"  {r['pass_at_k']:>8.3f}  {r['majority_accuracy']:>8.3f}" if samples > 1 else ""
         rows.append(row)
+    shares = results["all"]["patterns"]
+    rows.append("patterns (all): " + ", ".join(f"{p} {shares[p]:.3f}" for p in verifier.PATTERNS))
     return "\n".join(rows)
 
 

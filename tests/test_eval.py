@@ -267,7 +267,7 @@ def test_end_to_end_medqa_subprocess(qwen_model, tmp_path):
     assert name in p.stdout and "all" in p.stdout and "95% CI" in p.stdout
 
 
-def test_several_files_and_dropped_prompts(demo_model, tmp_path):
+def test_several_files_and_dropped_prompts(demo_model, tmp_path, capsys):
     train, heldout = data.synthetic_task(16, 9, seed=1)
     f1 = write_generic(tmp_path / "first.jsonl", train[:5])
     long_q = data.Item("long", "word " * 400, {"A": "x", "B": "y"}, "A", "long")  # > 320 - 16 tokens
@@ -286,6 +286,10 @@ def test_several_files_and_dropped_prompts(demo_model, tmp_path):
         [("first", it.id, s) for it in train[:5] for s in (0, 1)] + [("second", it.id, s) for it in heldout for s in (0, 1)]
     # the direct template pre-fills the empty think: every well-formed reply is a direct answer
     assert all(x["pattern"] in ("direct_answer", "format_failure") for x in items)
+    printed = capsys.readouterr().out.splitlines()
+    second = next(line for line in printed if line.startswith("second "))
+    assert second.split()[1:3] == ["9", "1"]  # n and dropped
+    assert any(line.startswith("patterns (all): format_failure ") for line in printed)
 
 
 def test_torchrun_matches_one_process(demo_model, tmp_path):
