@@ -486,7 +486,7 @@ def sample(logits, temperature, top_k, top_p, generator):
         token = logits.argmax(-1)
         return token, logits.gather(-1, token[:, None])[:, 0] - logits.logsumexp(-1)
     scaled = logits / temperature
-    m = scaled.max(-1, keepdim=True).values
+    m = scaled.amax(-1, keepdim=True)  # not max(): it also finds the indices, ~8x slower at a 32k vocabulary
     e = (scaled - m).exp()
     log_z = m[:, 0] + e.sum(-1).log()
     # fp64, the sums and the uniform draw: on an fp32 grid (steps of 2^-24 of the total) tens of thousands of a
