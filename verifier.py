@@ -20,7 +20,7 @@ Format (the default rule, the paper's)
 Answer (the text inside <answer>...</answer>, stripped)
   It must name exactly one offered letter. Accepted, for gold C of options ABCD:
       C    C.    C:    C)    (C)    [C]    **C**    \boxed{C}    $\boxed{C}$    Option C
-      C. Ceftriaxone    C: Ceftriaxone    C) Ceftriaxone    (C) Ceftriaxone    C - Ceftriaxone
+      C. Ceftriaxone    C: Ceftriaxone    C) Ceftriaxone    (C) Ceftriaxone    C - Ceftriaxone    C (Ceftriaxone)
       The answer is C    The answer is (C).    Answer: C    The correct answer is **C**.
       So the best answer is C    **Final answer:** C    The correct option is C
                                  (lead-in words from LEAD_WORDS; bold is ignored everywhere)
@@ -38,10 +38,12 @@ Answer (the text inside <answer>...</answer>, stripped)
   A letter form wins over option text ("C" is option C even if some option's text is "C").
   With letter-only options the text after "C." cannot be checked against the option, but it
   may not name another offered letter: one that stands as a choice -- at the start of the text,
-  after punctuation, after a word such as "or", "is", "not" or "option", or as a label
-  ("C. B is also right", "C) D)", "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and
-  D", "C, not B") -- makes the answer name two options. A letter inside a term does not:
-  "C. Hepatitis B", "C. B-cell lymphoma", "C. E. coli", "C. A patient ...".
+  after punctuation, after a word such as "or", "is", "not", "though" or "option", before one
+  such as "is", "too" or "could", or as a label ("C. B is also right", "C) D)", "C) Ceftriaxone
+  D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work") -- makes the
+  answer name two options. A letter inside a term does not: "C. Hepatitis B. Start tenofovir",
+  "C. B-cell lymphoma", "C. E. coli", "C. B pertussis", "C. A patient ...". Letters that are
+  themselves an option's wording ("D. Both A and C") need dict options to be read right.
 
 Reward: -1.0 if the format fails, else 1.0 if the resolved letter is the gold one, else 0.0.
 
@@ -78,23 +80,27 @@ LOWER_RE = re.compile(r"\(([a-z])\)|([a-z])[.)]?")  # c, c., c), (c): lower case
 # list (never a letter, which could be an option) before "answer", which must end in a space or colon so that
 # "AnswerC" is not read as C.
 LEAD_WORDS = ("so", "thus", "therefore", "hence", "my", "the", "final", "correct", "best", "right", "most",
-              "likely", "true")
+              "likely", "true", "appropriate", "single")
 PREFIX_RE = re.compile(
     rf"(?:(?:(?:{'|'.join(LEAD_WORDS)}),?\s+){{0,4}}(?:answer|option|choice)(?:\s+is)?(?:\s*:)?\s*(?<=[\s:]))?"
     r"(?:(?:option|choice)\s+)?", re.IGNORECASE)
-# C  C.  C:  C)  (C)  [C]  then optionally text, after whitespace or a spaced dash. A bare letter must
-# be followed by punctuation, a spaced dash or the end, which rules out "A patient", "AB", "A/B",
-# "A, C" and "A or B".
+# C  C.  C:  C)  (C)  [C]  then optionally text, after whitespace or a spaced dash, or "C (text)". A bare
+# letter must be followed by punctuation, a spaced dash, a parenthesis or the end, which rules out
+# "A patient", "AB", "A/B", "A, C" and "A or B".
 LETTER_RE = re.compile(
-    r"(?:\((?P<p>[A-Z])\)|\[(?P<b>[A-Z])\]|(?P<l>[A-Z])(?=[.:)]|\s+[-\u2013\u2014]\s|\Z))[.:)]?"
+    r"(?:\((?P<p>[A-Z])\)|\[(?P<b>[A-Z])\]|(?P<l>[A-Z])(?=[.:)]|\s+[-\u2013\u2014]\s|\s+\(|\Z))[.:)]?"
     r"(?:\s+[-\u2013\u2014])?(?:\s+(?P<text>\S.*))?",
     re.DOTALL)
-# Words after which a letter is a choice, not part of a term: "or B", "the answer is B", "option B".
-CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is",
-                "answer", "option", "choice", "maybe", "perhaps", "probably", "possibly"}
+PAREN_RE = re.compile(r"\((.*)\)\.?", re.DOTALL)  # the option's text in parentheses: "C (Ceftriaxone)"
+# Words around a letter that make it a choice rather than part of a term. Before: "or B", "the answer is B",
+# "option B", "though B". After: "B is also right", "D too", "B could work".
+CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is", "answer",
+                "option", "choice", "maybe", "perhaps", "probably", "possibly", "though", "although", "however",
+                "alternatively", "else", "instead", "unless", "case", "rather", "than", "over"}
+CHOICE_AFTER = {"is", "was", "are", "also", "too", "could", "might", "may", "can", "would", "should", "seems",
+                "looks", "or", "and", "nor", "as", "if", "but", "then", "instead", "vs", "versus", "not", "being"}
 WORD_BEFORE_RE = re.compile(r"([A-Za-z0-9]+)[ \t-]*\Z")  # the word right before a letter, in the same phrase
-IN_TERM_RE = re.compile(r"-[A-Za-z0-9]|\.[ \t]+[a-z]")  # what follows a letter inside a term: "B-cell", "E. coli"
-LABEL_RE = re.compile(r"\)|\.[ \t]+[A-Z]")  # what follows an option's label: "D) Gentamicin", "B. Vancomycin"
+WORD_AFTER_RE = re.compile(r"\.?[ \t]+([a-z]+)")  # a lower-case word right after a letter: "B pertussis", "E. coli"
 ARTICLE_RE = re.compile(r"A\s+(?!(?:or|and|nor)\b)[a-z]")  # "A patient": the article, not option A
 TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z](?![A-Za-z0-9])")  # a capital letter standing alone
 ANSWER_IS_RE = re.compile(
@@ -160,11 +166,12 @@ def other_choices(text, letter, letters):
         o = m.group()
         if o not in letters or o == letter or o in others:
             continue
-        if ARTICLE_RE.match(text, m.start()) or IN_TERM_RE.match(text, m.end()):
-            continue  # "A patient", "B-cell lymphoma", "E. coli"
-        before = WORD_BEFORE_RE.search(text, 0, m.start())
-        if before and before.group(1).lower() not in CHOICE_WORDS and not LABEL_RE.match(text, m.end()):
-            continue  # "Hepatitis B", "vitamin A": part of the option's wording
+        after = WORD_AFTER_RE.match(text, m.end())
+        if text.startswith("-", m.end()) or (after and after.group(1) not in CHOICE_AFTER):
+            continue  # "B-cell lymphoma", "E. coli", "B pertussis", "A patient": a term
+        before = WORD_BEFORE_RE.search(text, max(0, m.start() - 40), m.start())
+        if before and before.group(1).lower() not in CHOICE_WORDS and not text.startswith(")", m.end()):
+            continue  # "Hepatitis B", "vitamin A": part of the option's wording ("Ceftriaxone D)" is a label)
         others.append(o)
     return others
 
@@ -184,7 +191,8 @@ def letter_choice(s, rest, letters, texts):
     if text is None:
         return letter, ""
     if texts is not None:
-        if norm(text) == norm(texts[letter]):
+        inner = PAREN_RE.fullmatch(text)
+        if norm(text) == norm(texts[letter]) or (inner and norm(inner.group(1)) == norm(texts[letter])):
             return letter, ""
         return None, f"text after {letter} is not the text of option {letter}"
     others = other_choices(text, letter, letters)
