@@ -106,7 +106,7 @@ def torchrun(base, run, *extra, port):
 
 TWO_RANKS = """
 import json, sys, torch, torch.distributed as dist
-import ppo, train
+import eval, ppo, train
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 # rank 0 holds 4 real tokens, rank 1 holds 6: a per-rank token mean would weigh rank 0's tokens 1.5 times more
@@ -131,9 +131,11 @@ white = train.whiten_over_ranks(v, mask)
 out = [None, None]
 dist.all_gather_object(out, (float(policy.w), white.tolist()))
 if rank == 0:
-    json.dump(out, open(sys.argv[1], "w"))
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f)
 dist.barrier()
 dist.destroy_process_group()
+eval.exit_torchrun_process()  # as train.py does: gloo's threads can abort a loaded interpreter's shutdown
 """
 
 
@@ -144,8 +146,8 @@ def test_token_mean_and_whitening_span_the_ranks(tmp_path):
     script = tmp_path / "two_ranks.py"
     script.write_text(TWO_RANKS)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535",
-           str(script), str(tmp_path / "out.json")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path / "out.json")]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     (w0, white0), (w1, white1) = json.loads((tmp_path / "out.json").read_text())
