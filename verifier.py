@@ -31,7 +31,9 @@ Answer (the text inside <answer>...</answer>, stripped)
       ""    " "               empty answer
       E                       letter not offered (and D when only ABC are offered)
       A or B    A, C    A/B    A and B    AB    (A) or (B)      two or more options
-      C. Gentamicin           with dict options, text after a letter must be that option's text
+      C. Gentamicin           with dict options, text after a letter must be that option's text (a
+                              justification may follow it if it names no other option:
+                              "C. Ceftriaxone, because it covers N. gonorrhoeae" is C)
       A patient with gout     the article "A" is not option A
       I think it is C         an explanation sentence is not an answer ("I" is a letter
                               when ten options are offered)
@@ -92,6 +94,8 @@ LETTER_RE = re.compile(
     r"(?:\s+[-\u2013\u2014])?(?:\s+(?P<text>\S.*))?",
     re.DOTALL)
 PAREN_RE = re.compile(r"\((.*)\)\.?", re.DOTALL)  # the option's text in parentheses: "C (Ceftriaxone)"
+# what may start a justification after the option's text: "Ceftriaxone, because ...", "Ceftriaxone (it covers ...)"
+JUSTIFY_RE = re.compile(r"\s*[,;:(\n\u2013\u2014-]|\.\s|\s+(?:because|since|as|given)\b", re.IGNORECASE)
 # Words around a letter that make it a choice rather than part of a term. Before: "or B", "the answer is B",
 # "option B", "though B". After: "B is also right", "D too", "B could work".
 CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is", "answer",
@@ -176,6 +180,28 @@ def other_choices(text, letter, letters):
     return others
 
 
+def justification_problem(text, letter, letters, texts):
+    """None when `text` is option `letter`'s text followed by a justification ("Ceftriaxone, because it covers
+    N. gonorrhoeae") that names no other option, by letter or by text; else why not."""
+    def start(k):  # how much of `text` option k's text covers from the start, or 0
+        m = re.match(r"\s+".join(map(re.escape, texts[k].split())), text, re.IGNORECASE)
+        return m.end() if m and texts[k].strip() else 0
+
+    end = start(letter)
+    if not end or not JUSTIFY_RE.match(text, end):
+        return f"text after {letter} is not the text of option {letter}"
+    longer = [k for k in texts if k != letter and start(k) > end]  # "The foramen ovale, rotundum and spinosum"
+    if longer:  # is option B's text, though it begins with A's
+        return f"text after {letter} is the text of option {longer[0]}"
+    rest = text[end:]
+    named = other_choices(rest, letter, letters) + [k for k, v in texts.items()
+                                                    if k != letter and norm(v) and has_phrase(norm(rest), norm(v))]
+    if named:
+        named = [letter] + list(dict.fromkeys(named))
+        return f"answer names {len(named)} options: {', '.join(named)}"
+    return None
+
+
 def letter_choice(s, rest, letters, texts):
     """The letter named by a letter form, or (None, reason); reason is "" when s is no letter form."""
     m = LOWER_RE.fullmatch(s) or (LOWER_RE.fullmatch(rest) if rest != s else None)
@@ -194,7 +220,8 @@ def letter_choice(s, rest, letters, texts):
         inner = PAREN_RE.fullmatch(text)
         if norm(text) == norm(texts[letter]) or (inner and norm(inner.group(1)) == norm(texts[letter])):
             return letter, ""
-        return None, f"text after {letter} is not the text of option {letter}"
+        reason = justification_problem(text, letter, letters, texts)
+        return (letter, "") if reason is None else (None, reason)
     others = other_choices(text, letter, letters)
     if others:
         named = [letter] + others

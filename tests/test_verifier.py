@@ -77,6 +77,8 @@ CASES = [
     (reply("$\\boxed{C}$"), "C", "ABCD", 1, "C", {}),
     (reply("The correct option is C"), "C", "ABCD", 1, "C", {}),
     (reply("C. **Ceftriaxone**"), "C", DRUGS, 1, "C", {}),
+    (reply("C. Ceftriaxone, because it covers N. gonorrhoeae."), "C", DRUGS, 1, "C", {}),
+    (reply("C: Ceftriaxone\n\nIt is a third-generation cephalosporin."), "C", DRUGS, 1, "C", {}),
     (reply("C. Gout (A classic case)"), "C", "ABCD", 1, "C", {}),  # "(A classic": the article
     # wrong but well-formed
     (reply("B"), "C", "ABCD", 0, "B", {}),
@@ -111,6 +113,10 @@ CASES = [
     (reply("C. Ceftriaxone, though D might work too"), "C", "ABCD", -1, None, {}),
     (reply("C. Ceftriaxone; alternatively B"), "C", "ABCD", -1, None, {}),
     (reply("C (Gentamicin)"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone, not Gentamicin"), "C", DRUGS, -1, None, {}),  # names option A by its text
+    (reply("C. Ceftriaxone, or B"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone 1 g IM"), "C", DRUGS, -1, None, {}),  # not a justification: other wording
+    (reply("A. Aspirin, because it helps."), "B", TWINS, 0, "A", {}),  # the letter settles the twin texts
     # letter-only, ambiguous: "B." after a word reads as the end of a term, as in "Hepatitis B. Start tenofovir"
     (reply("C. Ceftriaxone B. Vancomycin"), "C", "ABCD", 1, "C", {}),
     (reply("The answer is C. D is also possible"), "C", "ABCD", -1, None, {}),
@@ -453,4 +459,7 @@ def test_real_option_texts():
         assert score(reply(f"{gold}. {options[gold]}"), gold, options).reward == 1, options
         assert score(reply(options[wrong]), gold, options).pred == wrong, options
         assert score(reply(f"{wrong}. {options[gold]}"), gold, options).reward == -1, options
+        # a justification after the option's text is allowed; it does not make another letter's text pass
+        assert score(reply(f"{gold}. {options[gold]}, because it fits."), gold, options).reward == 1, options
+        assert score(reply(f"{wrong}. {options[gold]}, because it fits."), gold, options).reward == -1, options
     assert len(rows) == 1272 + 818
