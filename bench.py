@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -87,32 +88,41 @@ def hf_twin(ours: M.Transformer):
     return hf.eval()
 
 
-def time_ours(model, prompts, new, device, reps):
-    M.generate(model, prompts, new, temperature=1.0, seed=0)  # warm-up (and, on CUDA, compile + graph capture)
-    sync(device)
-    t0 = time.perf_counter()
-    for r in range(reps):
-        out = M.generate(model, prompts, new, temperature=1.0, seed=r)
-    sync(device)
-    assert all(len(t) == new for t in out.tokens)
-    return (time.perf_counter() - t0) / reps
+def ours_call(model, prompts, new):
+    def call():
+        out = M.generate(model, prompts, new, temperature=1.0, seed=0)
+        assert all(len(t) == new for t in out.tokens)
+    return call
 
 
-def time_hf(hf, prompts, new, device, reps, static=False):
+def hf_call(hf, prompts, new, device, static=False):
     x = torch.tensor(prompts, device=device)
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
               eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(x))
     if static:
         kw.update(cache_implementation="static", compile_config=None)
         hf.forward = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
-    hf.generate(x, **kw)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
+
+    def call():
         out = hf.generate(x, **kw)
-    sync(device)
-    assert out.shape[1] == x.shape[1] + new
-    return (time.perf_counter() - t0) / reps
+        assert out.shape[1] == x.shape[1] + new
+    return call
+
+
+def median_seconds(calls, device, reps):
+    """Median seconds of each call over `reps`, after a warm-up each (on CUDA: compile, graph capture). The calls
+    take turns, rep by rep, so a slow spell of this shared machine slows every one of them alike, not one side."""
+    for call in calls:
+        call()
+    times = [[] for _ in calls]
+    for _ in range(reps):
+        for call, ts in zip(calls, times):
+            sync(device)
+            t0 = time.perf_counter()
+            call()
+            sync(device)
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 def copy_bandwidth(device, nbytes=2**30):
@@ -140,30 +150,23 @@ def decode_step_seconds(model, prompts, new, device):
     return (run(new) - run(1)) / (new - 1)
 
 
-def matmul_floor_seconds(model, B, P, new, device, reps):
-    """Seconds that one generate call's matrix multiplies take alone: every linear layer over the B x P prompt
-    tokens, then over B tokens for each of the new - 1 decode steps, and the output layer once per row per step.
-    Attention, norms and sampling are left out, so no sampler can be faster: a baseline's time over this is the
-    highest speedup any sampler could reach against it on this machine."""
+def matmul_floor_call(model, B, P, new, device):
+    """One generate call's matrix multiplies alone: every linear layer over the B x P prompt tokens, then over B
+    tokens for each of the new - 1 decode steps, and the output layer once per row per step. Attention, norms and
+    sampling are left out, so no sampler can be faster: a baseline's time over this is the highest speedup any
+    sampler could reach against it on this machine."""
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     out = model.model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
     x = {w.shape[1]: torch.randn(B * P, w.shape[1], device=device, dtype=w.dtype) for w in weights}
 
-    def run():
+    @torch.no_grad()
+    def call():
         for rows, steps in ((B * P, 1), (B, new - 1)):
             for _ in range(steps):
                 for w in weights:
                     torch.nn.functional.linear(x[w.shape[1]][:rows], w)
                 torch.nn.functional.linear(x[out.shape[1]][:B], out)
-
-    with torch.no_grad():
-        run()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            run()
-        sync(device)
-    return (time.perf_counter() - t0) / reps
+    return call
 
 
 def bench_sampler(case, device, reps, log=print, roofline=False, hf_static_until=None):
@@ -184,16 +187,15 @@ def bench_sampler(case, device, reps, log=print, roofline=False, hf_static_until
         sync(device)
         calls.append(time.perf_counter() - t0)
     row.update(compile_s=calls[0] - calls[2], cudagraph_record_s=calls[1] - calls[2])
-    t_ours = time_ours(ours, prompts, new, device, reps)
-    t_hf = time_hf(hf, prompts, new, device, reps)
+    t_ours, t_hf, t_floor = median_seconds([ours_call(ours, prompts, new), hf_call(hf, prompts, new, device),
+                                            matmul_floor_call(ours, B, P, new, device)], device, reps)
     row.update(ours_tok_s=B * new / t_ours, hf_tok_s=B * new / t_hf, speedup=t_hf / t_ours)
-    t_floor = matmul_floor_seconds(ours, B, P, new, device, reps)
     row.update(matmul_floor_s=t_floor, max_speedup=t_hf / t_floor)
     if hf_static_until is not None and time.perf_counter() > hf_static_until:
         row["hf_static_error"] = "skipped: the suite's time budget is spent"
     elif hf_static_until is not None:
         try:
-            t_static = time_hf(hf, prompts, new, device, reps, static=True)
+            (t_static,) = median_seconds([hf_call(hf, prompts, new, device, static=True)], device, reps)
             row.update(hf_static_tok_s=B * new / t_static, speedup_vs_static=t_static / t_ours)
         except Exception as e:  # a transformers version whose static cache + compile fails: say so, keep the rest
             row["hf_static_error"] = f"{type(e).__name__}: {e}"[:300]
@@ -217,8 +219,8 @@ def sampler_table(rows):
     for r in rows:
         lines.append(f"{r['case']:7} {r['batch']:>5} {r['prompt']:>6} {r['new']:>4} {r['ours_tok_s']:>11.0f} "
                      f"{r['hf_tok_s']:>9.0f} {r['speedup']:>7.2f}x {r['max_speedup']:>7.2f}x")
-    lines.append("ceiling: transformers' time over the time of the same matrix multiplies alone (bench.matmul_floor_"
-                 "seconds), the most any sampler could gain here")
+    lines.append("times: medians, the three calls taking turns; ceiling: transformers' time over the time of the same "
+                 "matrix multiplies alone (bench.matmul_floor_call), the most any sampler could gain here")
     return "\n".join(lines)
 
 
@@ -407,7 +409,8 @@ def fused_attention_only(model, log):
     row = dict(check="attention without the math fallback")
     prompts = [x[0, :9].tolist(), x[1].tolist()]
     runs = {"padded forward + backward": lambda: model(x, pad).float().logsumexp(-1).mean().backward(),
-            "prefill + decode": lambda: M.generate(model, prompts, 4, seed=0, compile=False)}
+            "ragged prefill + decode": lambda: M.generate(model, prompts, 4, seed=0, compile=False),
+            "even prefill + decode": lambda: M.generate(model, [prompts[1]] * 2, 4, seed=0, compile=False)}
     for name, run in runs.items():
         try:
             with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):

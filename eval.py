@@ -41,17 +41,19 @@ import verifier
 def answer_items(lm, tokenizer, items, template, max_new_tokens, batch_size=64, temperature=0.0, samples=1,
                  seed=0, eos_id=None, progress=False, strict=False, min_think_words=0, stop=None):
     """Generates `samples` replies per item and scores each. Returns one record per (item, sample), in item order.
-    `stop`: each reply ends after the first occurrence of this text (kept), as if the model had stopped there."""
+    `stop`: each reply ends after the first occurrence of this text (kept), as if the model had stopped there; the
+    sampler stops such a row within a few tokens instead of writing on to EOS or max_new_tokens."""
     prefix = data.response_prefix(template)
     prompts = [data.render(it, template) for it in items]
     ids = [e.ids for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
     jobs = [(i, s) for i in range(len(items)) for s in range(samples)]
     records = []
+    stopped = (lambda toks: stop in tokenizer.decode(toks, skip_special_tokens=False)) if stop else None
     bar = tqdm(total=len(jobs), desc="answering", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         out = M.generate(lm, [ids[i] for i, _ in chunk], max_new_tokens, temperature=temperature, eos_id=eos_id,
-                         seed=seed + start)
+                         seed=seed + start, stop=stopped)
         for (i, s), toks in zip(chunk, out.tokens):
             it = items[i]
             body = toks[:-1] if eos_id is not None and toks and toks[-1] == eos_id else toks

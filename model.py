@@ -183,8 +183,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache_idx is not None:  # generating: write this step's keys, attend over the whole static cache
-            k, v = self.cache.update(cache_idx, k, v)
+        if cache_idx is not None:  # generating: write this call's keys and values to the static cache
+            ck, cv = self.cache.update(cache_idx, k, v)
+            if T == 1:  # a decode step attends over the whole cache; the prefill (slots 0..T-1) over its own keys
+                k, v = ck, cv
         return self.o_proj(attend(q, k, v, mask).transpose(1, 2).reshape(B, T, -1))
 
 
@@ -284,7 +286,8 @@ class Transformer(nn.Module):
 
     def hidden(self, tokens, pad_mask=None, positions=None, mask=None, cache_idx=None):
         """Final normed hidden states [B, T, dim]. `pad_mask` [B, T] (True on real tokens, left padding) for a
-        ragged batch; the sampler passes `positions`, `mask` and `cache_idx` itself."""
+        ragged batch; the sampler passes `positions`, `mask` and `cache_idx` (the cache slots this call writes: a
+        one-token decode step anywhere, a longer call only from slot 0, the prefill) itself."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, time], got shape {tuple(tokens.shape)}")
         T = tokens.shape[1]
@@ -543,10 +546,29 @@ def prompt_tensors(prompts, vocab_size):
     return rows
 
 
+def stop_rows(stop, rows, eos_ids, lengths, checked):
+    """Host side of `generate(stop=...)`: for each row not yet stopped, whether `stop` holds for its tokens (up to
+    its EOS); if so, lengths[i] becomes the shortest prefix it holds for. checked[i]: the longest prefix seen not to
+    hold, so each row's search covers only the tokens since the last check. Returns the stopped rows' indices."""
+    found = []
+    for i, row in enumerate(rows):
+        if lengths[i] is not None:
+            continue
+        end = next((j + 1 for j, tok in enumerate(row) if tok in eos_ids), len(row))
+        if end == checked[i]:  # ended with EOS before the last check: nothing new
+            continue
+        if stop(row[:end]):
+            lengths[i] = next(j for j in range(checked[i] + 1, end + 1) if stop(row[:j]))
+            found.append(i)
+        else:
+            checked[i] = end
+    return found
+
+
 @torch.no_grad()
 def generate(model: Transformer, prompts, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, eos_id: int | list[int] | None = None, seed: int | None = None,
-             compile: bool | None = None, pad_id: int = 0) -> Generation:
+             compile: bool | None = None, pad_id: int = 0, stop=None) -> Generation:
     """Samples continuations of a ragged batch of prompts (lists of token ids) with a static KV cache.
 
     Prompts are left-padded; each row gets its own positions and key mask. Prefill runs once, then one token per
@@ -554,7 +576,9 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     last token; generation stops when every row has stopped or after `max_new_tokens`. temperature 0 is greedy.
     `seed` seeds a private torch.Generator; without one, sampling draws its seed from the global RNG (greedy
     decoding does not touch it). `compile` (default: on CUDA only) runs the decode step under torch.compile + CUDA
-    graphs.
+    graphs. `stop`, a function of a row's new tokens that becomes true once the reply is complete (and stays true
+    as it grows: e.g. its text contains "</answer>"), ends a row at the shortest prefix it holds for; it is checked
+    on the host with the EOS, every EOS_CHECK_EVERY steps, so rows stop a little late but are cut exactly.
     """
     prompts = prompt_tensors(prompts, model.args.vocab_size)
     if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
@@ -590,8 +614,8 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
 
     # prefill: the whole prompt at once, written to cache slots 0..P-1
     prompt_mask = key_valid[:, :P]
-    mask = padding_mask(prompt_mask)
-    mask = F.pad(mask, (0, S - P), value=False)  # keys beyond the prompt: not yet written
+    ragged = any(len(p) < P for p in prompts)
+    mask = padding_mask(prompt_mask) if ragged else None  # None: plain causal attention, the fused kernels' fast path
     h = model.hidden(tokens, positions=positions_of(prompt_mask), mask=mask,
                      cache_idx=torch.arange(P, device=device))
     logits = model.output(h[:, -1])
@@ -603,13 +627,18 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     done = torch.zeros(B, dtype=torch.bool, device=device)
     idx = torch.tensor([P - 1], device=device)  # cache slot of the token being fed
     n = max_new_tokens
+    stop_len, checked = [None] * B, [0] * B  # with `stop`: each row's reply length once it holds; see stop_rows
     for t in range(max_new_tokens):
         token, logp = sample(logits, temperature, top_k, top_p, generator)
+        if eos_ids or stop:
+            token = token.masked_fill(done, eos_ids[0] if eos_ids else pad_id)  # finished rows: dropped below
         if eos_ids:
-            token = token.masked_fill(done, eos_ids[0])  # finished rows keep emitting EOS, dropped below
             done |= torch.isin(token, eos)
         out_tok[:, t], out_lp[:, t] = token, logp
-        if t == max_new_tokens - 1 or (eos_ids and (t + 1) % EOS_CHECK_EVERY == 0 and bool(done.all())):
+        last, check = t == max_new_tokens - 1, (t + 1) % EOS_CHECK_EVERY == 0
+        if stop and (check or last):
+            done[stop_rows(stop, out_tok[:, :t + 1].tolist(), eos_ids, stop_len, checked)] = True
+        if last or ((eos_ids or stop) and check and bool(done.all())):
             n = t + 1
             break
         idx += 1  # on the device: no host-to-device copy per token
@@ -619,8 +648,8 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
 
     toks, lps = out_tok[:, :n].tolist(), out_lp[:, :n].tolist()
     result = Generation([], [])
-    for row, lp in zip(toks, lps):
-        end = next((j + 1 for j, tok in enumerate(row) if tok in eos_ids), len(row))
+    for row, lp, stopped_at in zip(toks, lps, stop_len):
+        end = stopped_at or next((j + 1 for j, tok in enumerate(row) if tok in eos_ids), len(row))
         result.tokens.append(row[:end])
         result.logprobs.append(lp[:end])
     return result

@@ -205,20 +205,25 @@ def rloo(token_rewards, values, mask, group_size, gamma, lam):
     return adv, adv
 
 
-def reinforce_pp(token_rewards, values, mask, group_size, gamma, lam):
-    """
-    REINFORCE++: G_t = sum_{s >= t} gamma^(s-t) r_s within the row, then A = masked_whiten(G)
-    across the whole batch (mean and population std of all real tokens). returns = A (no critic;
-    values, group_size, lam unused).
-    """
-    _check_batch("reinforce++", mask, token_rewards=token_rewards, values=values)
+def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """G_t = sum_{s >= t} gamma^(s-t) r_s within each row, over its real tokens; 0 on padding."""
     rewards = token_rewards * mask
     G = torch.zeros_like(rewards)
     running = torch.zeros(mask.shape[0], dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(mask.shape[1])):
         running = rewards[:, t] + gamma * running
         G[:, t] = running
-    adv = masked_whiten(G, mask)
+    return G
+
+
+def reinforce_pp(token_rewards, values, mask, group_size, gamma, lam):
+    """
+    REINFORCE++: G = discounted_returns(r, mask, gamma), then A = masked_whiten(G) across the
+    whole batch (mean and population std of all real tokens). returns = A (no critic; values,
+    group_size, lam unused). Under torchrun, train.py redoes the whitening over every rank's tokens.
+    """
+    _check_batch("reinforce++", mask, token_rewards=token_rewards, values=values)
+    adv = masked_whiten(discounted_returns(token_rewards, mask, gamma), mask)
     return adv, adv
 
 

@@ -94,7 +94,7 @@ class Config:
     kl_coef: float = 0.001            # KL penalty weight (against the frozen reference model)
     kl_kind: str | None = None        # KL estimator k1 | k2 | k3; default k1 in the reward, k3 as a loss
     kl_in_reward: bool | None = None  # KL as a per-token reward penalty (the paper), or a loss; default: loss for grpo
-    whiten_advantages: bool = True    # normalise GAE advantages over the batch
+    whiten_advantages: bool = True    # normalise GAE advantages over the batch (reinforce++ always does)
     loss_agg: str = "token-mean"      # token-mean | seq-mean
     # demo model (when model is None)
     demo_warmup_steps: int = 500      # supervised warm-up on the noisy teacher
@@ -252,6 +252,17 @@ def whiten_over_ranks(x, mask):
     mean = sum_over_ranks((x * mask).sum()) / n
     var = sum_over_ranks(((x - mean) ** 2 * mask).sum()) / n
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask  # in one process, bit for bit ppo.masked_whiten
+
+
+def batch_advantages(cfg, rewards, values, mask):
+    """ppo.advantages, with the batch-wide whitening (GAE's, optional; REINFORCE++'s, part of the method) taken
+    over every rank's tokens: under torchrun the estimator sees only this rank's share of the batch."""
+    adv, returns = ppo.advantages(cfg.algo, rewards, values, mask, cfg.group_size, cfg.gamma, cfg.lam)
+    if cfg.algo == "reinforce++":
+        adv = returns = whiten_over_ranks(ppo.discounted_returns(rewards, mask, cfg.gamma), mask)
+    elif cfg.algo == "gae" and cfg.whiten_advantages:
+        adv = whiten_over_ranks(adv, mask)
+    return adv, returns
 
 
 def all_mean(values: dict, device, world: int) -> dict:
@@ -581,9 +592,7 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
     t3 = time.perf_counter()
     kl_coef_reward = cfg.kl_coef if cfg.kl_in_reward else 0.0
     rewards = ppo.token_rewards(scores, old_logp, ref_logp, mask, kl_coef_reward, cfg.kl_kind)
-    adv, returns = ppo.advantages(cfg.algo, rewards, old_values, mask, cfg.group_size, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages and cfg.algo == "gae":
-        adv = whiten_over_ranks(adv, mask)
+    adv, returns = batch_advantages(cfg, rewards, old_values, mask)
 
     def loss_fn(idx):
         m = mask[idx]

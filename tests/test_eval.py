@@ -146,12 +146,31 @@ def test_stop_text_ends_replies(demo_model, monkeypatch):
     reply = "<think>the drug treats it</think><answer>" + item.answer + "</answer> more text"
     ids = tok.encode(reply, add_special_tokens=False).ids
     assert tok.decode(ids).replace(" ", "") == reply.replace(" ", "")  # the demo tokenizer may space words
-    monkeypatch.setattr(M, "generate", lambda lm, prompts, *a, **k: M.Generation([ids] * len(prompts),
-                                                                                  [[0.0] * len(ids)] * len(prompts)))
+    stops = []
+    monkeypatch.setattr(M, "generate", lambda lm, prompts, *a, **k: stops.append(k["stop"]) or M.Generation(
+        [ids] * len(prompts), [[0.0] * len(ids)] * len(prompts)))
     plain = E.answer_items(None, tok, [item], "base", 64)[0]
     cut = E.answer_items(None, tok, [item], "base", 64, stop="</answer>")[0]
     assert plain["reward"] == -1 and "text after </answer>" in verifier.score(plain["response"], item.answer).reason
     assert cut["response"].endswith("</answer>") and cut["reward"] == 1 and cut["response_tokens"] < len(ids)
+    # the sampler is told to stop a row once its text holds the stop text (and not before)
+    assert stops[0] is None and stops[1](ids) and not stops[1](ids[:len(ids) // 2])
+
+
+def test_stop_in_the_sampler_changes_no_reply(demo_model, monkeypatch):
+    """The sampler's stop only saves steps: replies, rewards and token counts are those of cutting the text after a
+    full-length generation (same seed, sampling at T=1)."""
+    lm, tok = M.Transformer.from_pretrained(demo_model), M.load_tokenizer(demo_model)
+    items = data.synthetic_task(16, 0, seed=0)[0][:8]
+    kw = dict(temperature=1.0, samples=2, eos_id=lm.args.eos_id)
+    stop = "e"  # this random model rarely writes "</answer>"; a common letter ends replies at varied lengths
+    with_stop = E.answer_items(lm, tok, items, "base", 48, stop=stop, **kw)
+    real = M.generate
+    monkeypatch.setattr(M, "generate", lambda *a, **k: real(*a, **{**k, "stop": None}))
+    text_cut = E.answer_items(lm, tok, items, "base", 48, stop=stop, **kw)
+    assert with_stop == text_cut
+    lengths = {r["response_tokens"] for r in with_stop if r["response"].endswith(stop)}
+    assert len(lengths) >= 3  # replies stopped at several lengths
 
 
 def test_compare_no_shared_items(tmp_path):

@@ -232,6 +232,49 @@ def test_early_stop_when_all_rows_done(pair, monkeypatch):
     assert len(calls) < M.EOS_CHECK_EVERY + 1  # stopped within one check interval, not after 200 steps
 
 
+def contains(pattern):
+    """A stop predicate: the reply contains `pattern` (a token sequence), which stays true as the reply grows."""
+    return lambda toks: any(toks[j:j + len(pattern)] == pattern for j in range(len(toks) - len(pattern) + 1))
+
+
+def test_stop_cuts_each_row_at_the_shortest_prefix(pair, monkeypatch):
+    """`stop` ends a row where the predicate first holds, checked every EOS_CHECK_EVERY steps but cut exactly; the
+    other rows' sampled tokens are those of the run without it (same seed), EOS still ends rows first."""
+    _, m = pair
+    prompts = PROMPTS * 3
+    free = M.generate(m, prompts, 40, temperature=1.0, seed=3)
+    row = free.tokens[2]
+    pattern = row[20:22]  # past the first check; it may occur earlier in this row or in others
+    eos = free.tokens[5][30]
+    calls = []
+    real = M.decode_logits
+    monkeypatch.setattr(M, "decode_logits", lambda *a: calls.append(1) or real(*a))
+    out = M.generate(m, prompts, 40, temperature=1.0, seed=3, eos_id=eos, stop=contains(pattern))
+    hit = contains(pattern)
+    n_stopped = 0
+    for full, lps, toks, got_lps in zip(free.tokens, free.logprobs, out.tokens, out.logprobs):
+        by_eos = next((j + 1 for j, tok in enumerate(full) if tok == eos), len(full))
+        by_stop = next((j for j in range(1, len(full) + 1) if hit(full[:j])), None)
+        end = min(by_eos, by_stop or by_eos)
+        n_stopped += by_stop is not None and by_stop < by_eos
+        assert toks == full[:end] and got_lps == lps[:end]
+    assert n_stopped >= 1 and len(out.tokens[2]) <= 22
+    # a predicate that holds at once ends every row at its first token, after one check interval
+    calls.clear()
+    out = M.generate(m, prompts, 200, temperature=1.0, seed=3, stop=lambda toks: len(toks) > 0)
+    assert [len(t) for t in out.tokens] == [1] * len(prompts)
+    assert len(calls) < M.EOS_CHECK_EVERY
+
+
+def test_stop_after_the_last_check(pair):
+    """A predicate that first holds after the last check interval (19 tokens: one check at 16) still cuts there."""
+    _, m = pair
+    free = M.generate(m, PROMPTS, 19, temperature=1.0, seed=5)
+    r, j = next((r, j) for r, row in enumerate(free.tokens) for j in (16, 17) if row[j] not in row[:j])
+    out = M.generate(m, PROMPTS, 19, temperature=1.0, seed=5, stop=contains([free.tokens[r][j]]))
+    assert out.tokens[r] == free.tokens[r][:j + 1]
+
+
 def test_seed_reproducible_and_no_global_rng_side_effect(pair):
     _, m = pair
     state = torch.get_rng_state()
@@ -445,7 +488,8 @@ def test_cuda_attention_never_needs_the_math_kernel(pair):
     pad[0, :5] = False
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):
         m(x, pad).float().sum().backward()
-        M.generate(m, PROMPTS, 8, temperature=0, compile=False)
+        M.generate(m, PROMPTS, 8, temperature=0, compile=False)  # ragged: masked prefill
+        M.generate(m, [PROMPTS[0]] * 2, 8, temperature=0, compile=False)  # even: causal prefill, no mask
 
 
 LOAD_PEAK = """

@@ -128,8 +128,10 @@ opt = torch.optim.SGD(policy.parameters(), lr=1.0)
 loss_fn = lambda rows: (ppo.aggregate(ddp(v[rows]), mask[rows], "token-mean"), {})
 train.optimize(cfg, policy, ddp, opt, mask, loss_fn, 1, seed=0)
 white = train.whiten_over_ranks(v, mask)
+advs = {a: train.batch_advantages(train.Config(algo=a, group_size=2, gamma=0.9), v / 10, v / 20, mask)[0].tolist()
+        for a in ("gae", "reinforce++")}
 out = [None, None]
-dist.all_gather_object(out, (float(policy.w), white.tolist()))
+dist.all_gather_object(out, (float(policy.w), white.tolist(), advs))
 if rank == 0:
     with open(sys.argv[1], "w") as f:
         json.dump(out, f)
@@ -150,11 +152,21 @@ def test_token_mean_and_whitening_span_the_ranks(tmp_path):
            str(tmp_path / "out.json")]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    (w0, white0), (w1, white1) = json.loads((tmp_path / "out.json").read_text())
+    (w0, white0, adv0), (w1, white1, adv1) = json.loads((tmp_path / "out.json").read_text())
     assert w0 == w1 == pytest.approx(-5.5)  # one SGD step of lr 1 on the global token mean
     v = torch.tensor([[1, 0, 0, 0], [2, 3, 4, 0], [5, 6, 7, 8], [9, 10, 0, 0]], dtype=torch.float)
-    whole = ppo.masked_whiten(v, (v > 0).float())
+    mask = (v > 0).float()
+    whole = ppo.masked_whiten(v, mask)
     assert torch.allclose(torch.tensor(white0 + white1), whole, atol=1e-6)
+    # the advantages each rank trains on are those of the whole batch in one process (whitening over all tokens)
+    gae, _ = ppo.gae(v / 10, v / 20, mask, gamma=0.9, lam=0.95)
+    expected = {"gae": ppo.masked_whiten(gae, mask),
+                "reinforce++": ppo.advantages("reinforce++", v / 10, v / 20, mask, 2, 0.9, 0.95)[0]}
+    for algo, want in expected.items():
+        assert torch.allclose(torch.tensor(adv0[algo] + adv1[algo]), want, atol=1e-6), algo
+        per_rank = ppo.advantages(algo, v[:2] / 10, v[:2] / 20, mask[:2], 2, 0.9, 0.95)[0]
+        assert not torch.allclose(torch.tensor(adv0[algo]), per_rank if algo != "gae" else
+                                  ppo.masked_whiten(per_rank, mask[:2]), atol=1e-3)  # what a per-rank pass gives
 
 
 def test_whitening_in_one_process_is_ppo_masked_whiten():
