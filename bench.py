@@ -410,7 +410,8 @@ def fused_attention_only(model, log):
     prompts = [x[0, :9].tolist(), x[1].tolist()]
     runs = {"padded forward + backward": lambda: model(x, pad).float().logsumexp(-1).mean().backward(),
             "ragged prefill + decode": lambda: M.generate(model, prompts, 4, seed=0, compile=False),
-            "even prefill + decode": lambda: M.generate(model, [prompts[1]] * 2, 4, seed=0, compile=False)}
+            "even prefill + decode": lambda: M.generate(model, [prompts[1]] * 2, 4, seed=0, compile=False),
+            "one-token prefill + decode": lambda: M.generate(model, [[5], [7]], 4, seed=0, compile=False)}
     for name, run in runs.items():
         try:
             with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]):

@@ -145,8 +145,8 @@ def rope_tables(args: ModelArgs, device=None):
 
 
 def apply_rope(x, cos, sin):
-    """x [B, H, T, hd]; cos, sin [B, T, hd]. Qwen2 rotates the two halves of each head (not interleaved pairs)."""
-    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    """x [B, H, T, hd]; cos, sin [B, 1, T, hd] in x's dtype. Qwen2 rotates the two halves of each head (not
+    interleaved pairs)."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -185,8 +185,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_idx is not None:  # generating: write this call's keys and values to the static cache
             ck, cv = self.cache.update(cache_idx, k, v)
-            if T == 1:  # a decode step attends over the whole cache; the prefill (slots 0..T-1) over its own keys
-                k, v = ck, cv
+            if mask is not None and mask.shape[-1] == ck.shape[2]:  # a decode step: its mask spans the whole cache
+                k, v = ck, cv  # (the prefill, slots 0..T-1, attends over its own keys, a one-token prompt included)
         return self.o_proj(attend(q, k, v, mask).transpose(1, 2).reshape(B, T, -1))
 
 
@@ -286,11 +286,20 @@ class Transformer(nn.Module):
 
     def hidden(self, tokens, pad_mask=None, positions=None, mask=None, cache_idx=None):
         """Final normed hidden states [B, T, dim]. `pad_mask` [B, T] (True on real tokens, left padding) for a
-        ragged batch; the sampler passes `positions`, `mask` and `cache_idx` (the cache slots this call writes: a
-        one-token decode step anywhere, a longer call only from slot 0, the prefill) itself."""
+        ragged batch (HF's 0/1 attention_mask works too); the sampler passes `positions`, `mask` and `cache_idx`
+        (the cache slots this call writes) itself: the prefill writes slots 0..T-1 and attends over its own keys, a
+        decode step writes one slot and attends over the whole cache, under a mask that spans it."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be [batch, time], got shape {tuple(tokens.shape)}")
         T = tokens.shape[1]
+        if pad_mask is not None:
+            if pad_mask.shape != tokens.shape:
+                raise ValueError(f"pad_mask must have the tokens' shape {tuple(tokens.shape)}, got "
+                                 f"{tuple(pad_mask.shape)}")
+            if pad_mask.dtype != torch.bool:
+                if not bool(((pad_mask == 0) | (pad_mask == 1)).all()):
+                    raise ValueError("pad_mask must be bool or 0/1 (1 on real tokens), not an additive mask")
+                pad_mask = pad_mask.bool()
         if positions is None:
             if T > self.args.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens is longer than the context ({self.args.max_seq_len})")
@@ -298,8 +307,9 @@ class Transformer(nn.Module):
                 positions = torch.arange(T, device=tokens.device).expand(tokens.shape[0], T)
             else:
                 positions, mask = positions_of(pad_mask), padding_mask(pad_mask)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         x = self.model.embed_tokens(tokens)
+        # fp32 tables cast to the activations' dtype, as Qwen2 does; shaped once for every layer's heads
+        cos, sin = self.rope_cos[positions][:, None].to(x.dtype), self.rope_sin[positions][:, None].to(x.dtype)
         for layer in self.model.layers:
             if self.checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, cache_idx, use_reentrant=False)
@@ -585,7 +595,12 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if not (0 <= temperature < float("inf")) or not 0 < top_p <= 1 or not isinstance(top_k, numbers.Integral) or top_k < 0:
         raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k}")
-    eos_ids = [] if eos_id is None else [int(eos_id)] if isinstance(eos_id, int) else [int(e) for e in eos_id]
+    if stop is not None and not callable(stop):
+        raise TypeError(f"stop must be a function of a row's new tokens (list[int]) -> bool, got {stop!r}")
+    eos_ids = [] if eos_id is None else torch.as_tensor(eos_id).reshape(-1)  # an id, a list, numpy or torch ints
+    if eos_id is not None and (eos_ids.dtype.is_floating_point or eos_ids.dtype == torch.bool):
+        raise ValueError(f"eos_id must be a token id or a list of them, got {eos_id!r}")
+    eos_ids = [int(e) for e in eos_ids]
     B, P = len(prompts), max(len(p) for p in prompts)
     if P + max_new_tokens > model.args.max_seq_len:
         raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "

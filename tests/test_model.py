@@ -143,6 +143,13 @@ def test_ragged_batch_equals_rows_alone(tmp_path):
             alone = m(r[None])
             assert (batched[i, T - len(r):] - alone[0]).abs().max().item() <= 1e-5
     assert torch.isfinite(batched).all()  # pad rows must not be NaN
+    # HF's 0/1 attention_mask (long or float) means the same; an additive mask or another shape is refused
+    with torch.no_grad():
+        assert torch.equal(m(x, pad.long()), batched) and torch.equal(m(x, pad.float()), batched)
+    with pytest.raises(ValueError, match="pad_mask must be bool or 0/1"):
+        m(x, torch.zeros(3, T).masked_fill(~pad, float("-inf")))
+    with pytest.raises(ValueError, match=r"pad_mask must have the tokens' shape \(3, 12\)"):
+        m(x, pad[:, 1:])
 
 
 # -----------------------------------------------------------------------------
@@ -171,6 +178,27 @@ def test_greedy_equals_full_recomputation(pair):
             assert tok == int(logits.argmax())
             assert abs(lp - float(torch.log_softmax(logits, -1)[tok])) <= 1e-4
             seq.append(tok)
+
+
+def test_prefill_attends_over_its_own_keys(pair, monkeypatch):
+    """The prefill attends over the prompt's keys only (one-token prompts included), and no call reads what a
+    reused cache held before."""
+    _, m = pair
+    keys = []
+    real = M.attend
+    monkeypatch.setattr(M, "attend", lambda q, k, v, mask: keys.append(k.shape[2]) or real(q, k, v, mask))
+    for prompts in ([[30], [7]], [[5, 17, 33], [11, 60, 2]], PROMPTS):
+        keys.clear()
+        fresh = M.generate(m, prompts, 6, temperature=0)
+        P = max(map(len, prompts))
+        assert keys[:len(m.model.layers)] == [P] * len(m.model.layers)  # then the decode steps: the whole cache
+        assert keys[len(m.model.layers)] == P + 6
+        g = torch.Generator().manual_seed(0)
+        for layer in m.model.layers:  # same batch and length: the next call reuses this cache
+            layer.self_attn.cache.k.copy_(1e3 * torch.randn(layer.self_attn.cache.k.shape, generator=g))
+            layer.self_attn.cache.v.copy_(1e3 * torch.randn(layer.self_attn.cache.v.shape, generator=g))
+        again = M.generate(m, prompts, 6, temperature=0)
+        assert again.tokens == fresh.tokens and again.logprobs == fresh.logprobs
 
 
 def test_greedy_ragged_matches_transformers_generate(pair):
@@ -264,6 +292,8 @@ def test_stop_cuts_each_row_at_the_shortest_prefix(pair, monkeypatch):
     out = M.generate(m, prompts, 200, temperature=1.0, seed=3, stop=lambda toks: len(toks) > 0)
     assert [len(t) for t in out.tokens] == [1] * len(prompts)
     assert len(calls) < M.EOS_CHECK_EVERY
+    with pytest.raises(TypeError, match="stop must be a function of a row's new tokens"):
+        M.generate(m, prompts, 4, stop="</answer>")
 
 
 def test_stop_after_the_last_check(pair):
@@ -362,6 +392,12 @@ def test_bad_input_errors(tmp_path, pair):
             M.generate(m, [[1, 2]], 4, temperature=bad)
     with pytest.raises(ValueError, match="dtype must be a floating-point"):
         M.Transformer.from_pretrained(tmp_path, dtype=torch.int8)
+    with pytest.raises(ValueError, match="eos_id must be a token id or a list of them"):
+        M.generate(m, [[1, 2]], 4, eos_id=2.0)
+    import numpy as np
+    ref = M.generate(m, [[1, 2]], 4, temperature=0, eos_id=5).tokens
+    for eos in (np.int64(5), torch.tensor(5), (5,), [np.int32(5)]):
+        assert M.generate(m, [[1, 2]], 4, temperature=0, eos_id=eos).tokens == ref
 
 
 def test_quantized_checkpoint_is_refused(tmp_path):
@@ -490,6 +526,7 @@ def test_cuda_attention_never_needs_the_math_kernel(pair):
         m(x, pad).float().sum().backward()
         M.generate(m, PROMPTS, 8, temperature=0, compile=False)  # ragged: masked prefill
         M.generate(m, [PROMPTS[0]] * 2, 8, temperature=0, compile=False)  # even: causal prefill, no mask
+        M.generate(m, [[30], [7]], 8, temperature=0, compile=False)  # one-token prompts
 
 
 LOAD_PEAK = """
