@@ -266,6 +266,11 @@ def setup_distributed(device="auto"):
     """(rank, world, device) from torchrun's environment; one process: (0, 1, cuda or cpu). device: auto (cuda if
     available), cuda or cpu. Joins the process group (NCCL on GPU, gloo on CPU) when there are several ranks."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if device not in ("auto", "cuda", "cpu"):
+        raise SystemExit(f"--device {device!r}: expected auto, cuda or cpu (under torchrun each rank takes the GPU "
+                         f"of its LOCAL_RANK)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch sees no CUDA GPU (torch.cuda.is_available() is False)")
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)

@@ -185,6 +185,8 @@ def resume_config(run_dir, overrides) -> Config:
     if set(saved) != known:
         odd, lacking = sorted(set(saved) - known), sorted(known - set(saved))
         raise SystemExit(f"{f}: not a config written by this train.py (unknown keys {odd}, missing keys {lacking})")
+    if "out" in overrides and Path(overrides["out"]).resolve() != Path(run_dir).resolve():
+        raise SystemExit(f"--resume {run_dir}: a resumed run continues in its own folder; --out cannot be given")
     changed = {k: (saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v and k != "out"}
     bad = {k: v for k, v in changed.items() if k not in RESUME_MAY_CHANGE}
     if bad:
@@ -221,6 +223,9 @@ def check_config(cfg: Config, world: int):
              f"micro_batch_size {cfg.micro_batch_size}")
     if cfg.algo in ("grpo", "rloo") and cfg.group_size < 2:
         fail(f"{cfg.algo} needs group_size >= 2 (samples per prompt), got {cfg.group_size}")
+    if cfg.model is None and (cfg.train or cfg.heldout):
+        fail("--train and --heldout need --model: without one, the demo trains its tiny model on its own synthetic "
+             "task")
     if cfg.model is None:
         try:
             data.synthetic_task(cfg.demo_n_train, cfg.demo_n_heldout, cfg.seed)
@@ -396,8 +401,13 @@ def build_demo(cfg: Config, run: Path, log):
         opt.param_groups[0]["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * step / cfg.demo_warmup_steps))
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    M.save_pretrained(lm, run / "base")
-    tokenizer.save(str(run / "base" / "tokenizer.json"))
+    # written whole, then renamed: a run killed while saving leaves no half-built base.tmp that looks finished
+    tmp = run / "base.tmp"
+    for old in (tmp, run / "base"):  # (a base/ without config.json is an older version's half-built one)
+        shutil.rmtree(old, ignore_errors=True)
+    M.save_pretrained(lm, tmp)
+    tokenizer.save(str(tmp / "tokenizer.json"))
+    os.replace(tmp, run / "base")
     log(f"demo: built base model ({sum(p.numel() for p in lm.parameters()) / 1e6:.2f}M params, "
         f"vocab {tokenizer.get_vocab_size()}) in {run / 'base'}")
 
@@ -828,6 +838,8 @@ def main(argv=None):
         ckpt = latest_checkpoint(run)
         if ckpt is not None:
             step, cursor = load_checkpoint(ckpt, policy, opt, sched)
+            if step > cfg.steps:
+                raise SystemExit(f"--resume {run}: the run is already at step {step}, past --steps {cfg.steps}")
             log(f"resumed from {ckpt} (step {step})")
         write_config(cfg, run, rank, world)  # only now: a resume that fails on its checkpoint leaves config.json be
         if rank == 0:

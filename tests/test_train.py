@@ -302,7 +302,15 @@ def test_resume_config_mismatch(base, tmp_path):
         train.main(["--resume", str(run), "--lr", "0.5"])
     with pytest.raises(SystemExit, match="--preset cannot be given"):
         train.main(["--resume", str(run), "--preset", "qwen2.5-3b"])
-    assert (run / "config.json").read_text() == before
+    with pytest.raises(SystemExit, match="continues in its own folder; --out cannot be given"):
+        train.main(["--resume", str(run), "--out", str(tmp_path / "elsewhere")])
+    assert (run / "config.json").read_text() == before and not (tmp_path / "elsewhere").exists()
+    two = tmp_path / "two"
+    train.main(real_run(base, "--out", str(two), "--steps", "2"))
+    config = (two / "config.json").read_text()
+    with pytest.raises(SystemExit, match="already at step 2, past --steps 1"):  # not a rewrite of a finished run
+        train.main(["--resume", str(two), "--steps", "1"])
+    assert (two / "config.json").read_text() == config
     cfg = json.loads(before)
     del cfg["kl_kind"]
     (run / "config.json").write_text(json.dumps(cfg))
@@ -321,6 +329,24 @@ def test_corrupted_checkpoint(base, tmp_path):
         train.main(["--resume", str(run), "--steps", "2"])
     assert f.read_bytes() == damaged  # left as it was
     assert (run / "config.json").read_text() == config  # and the run's config too (its steps are still 1)
+
+
+def test_a_run_killed_while_saving_the_demo_base_resumes(tmp_path, monkeypatch):
+    """The demo's base model appears whole or not at all: a run killed while writing it rebuilds it on --resume."""
+    run = tmp_path / "demo"
+    real = M.save_pretrained
+
+    def killed(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt  # after the weights and config.json, before the tokenizer
+    monkeypatch.setattr(M, "save_pretrained", killed)
+    small = [*TINY, "--demo-warmup-steps", "2", "--steps", "1", "--out", str(run)]
+    with pytest.raises(KeyboardInterrupt):
+        train.main(small)
+    assert not (run / "base").exists()
+    monkeypatch.setattr(M, "save_pretrained", real)
+    train.main(["--resume", str(run)])
+    assert (run / "base" / "tokenizer.json").is_file() and [m["step"] for m in metrics(run)] == [1]
 
 
 def test_resume_after_a_torn_log_line(base, tmp_path):
@@ -347,6 +373,14 @@ def test_empty_dataset_and_indivisible_batch(base, tmp_path):
         train.main(real_run(base, "--out", str(tmp_path / "file")))
     with pytest.raises(SystemExit, match="must be divisible by mini_batch_size 12"):
         train.main(real_run(base, "--out", str(tmp_path / "d"), "--mini-batch-size", "12"))
+    with pytest.raises(SystemExit, match="--train and --heldout need --model"):
+        train.main(["--out", str(tmp_path / "t"), "--train", str(base / "data" / "train.jsonl")])
+    for device, message in (("gpu", "--device 'gpu': expected auto, cuda or cpu"),
+                            ("cuda", None if torch.cuda.is_available() else "--device cuda: this torch sees no CUDA")):
+        if message:
+            with pytest.raises(SystemExit, match=message):
+                train.main(real_run(base, "--out", str(tmp_path / "v"), "--device", device))
+    assert not any((tmp_path / n).exists() for n in "tv")
     with pytest.raises(SystemExit, match="grpo needs group_size >= 2"):
         train.main(real_run(base, "--out", str(tmp_path / "g"), "--algo", "grpo", "--group-size", "1",
                             "--mini-batch-size", "8", "--micro-batch-size", "8"))
