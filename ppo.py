@@ -17,9 +17,11 @@ minibatch updates minimise policy_loss (the clipped surrogate, which stops the n
 moving far from the one that sampled the data) and value_loss (clipped the same way).
 
 How to add an advantage estimator:
-  1. Write `def my_estimator(token_rewards, values, mask, group_size, gamma, lam)` returning
-     (advantages, returns), both [B, T] and exactly 0 where mask == 0. Take every argument even
-     if unused; the signature is shared so train.py can swap estimators with one flag.
+  1. Write `def my_estimator(token_rewards, values, mask, group_size, gamma, lam, whiten=masked_whiten)`
+     returning (advantages, returns), both [B, T] and exactly 0 where mask == 0. Take every argument
+     even if unused; the signature is shared so train.py can swap estimators with one flag. Normalise
+     over the batch with `whiten`, not masked_whiten: under torchrun train.py passes one whose mean
+     and variance span every rank's tokens.
   2. Call _check_batch first (shapes, binary right-padded mask), and _sequence_scores with
      _check_groups if you work per prompt: rows g*n .. g*n+n-1 are the n samples of prompt g.
   3. Estimators without a critic return returns = advantages; train.py then skips the value loss.
@@ -166,7 +168,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return adv, adv + values
 
 
-def _gae_estimator(token_rewards, values, mask, group_size, gamma, lam):
+def _gae_estimator(token_rewards, values, mask, group_size, gamma, lam, whiten=masked_whiten):
     """gae in the estimator signature (group_size unused)."""
     return gae(token_rewards, values, mask, gamma, lam)
 
@@ -176,7 +178,7 @@ def _sequence_scores(token_rewards: Tensor, mask: Tensor) -> Tensor:
     return (token_rewards * mask).sum(dim=1)
 
 
-def grpo(token_rewards, values, mask, group_size, gamma, lam):
+def grpo(token_rewards, values, mask, group_size, gamma, lam, whiten=masked_whiten):
     """
     GRPO: R_i = sum_t r_{i,t}; A_i = (R_i - mean_group(R)) / (std_group(R) + 1e-6), on each of
     row i's real tokens. std is the POPULATION std (divide by n), so a group of identical scores,
@@ -191,7 +193,7 @@ def grpo(token_rewards, values, mask, group_size, gamma, lam):
     return adv, adv
 
 
-def rloo(token_rewards, values, mask, group_size, gamma, lam):
+def rloo(token_rewards, values, mask, group_size, gamma, lam, whiten=masked_whiten):
     """
     REINFORCE leave-one-out: A_i = R_i - mean_{j != i in group} R_j
                                  = R_i - (sum_group(R) - R_i) / (n - 1),
@@ -216,14 +218,14 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float) -> Ten
     return G
 
 
-def reinforce_pp(token_rewards, values, mask, group_size, gamma, lam):
+def reinforce_pp(token_rewards, values, mask, group_size, gamma, lam, whiten=masked_whiten):
     """
-    REINFORCE++: G = discounted_returns(r, mask, gamma), then A = masked_whiten(G) across the
-    whole batch (mean and population std of all real tokens). returns = A (no critic; values,
-    group_size, lam unused). Under torchrun, train.py redoes the whitening over every rank's tokens.
+    REINFORCE++: G = discounted_returns(r, mask, gamma), then A = whiten(G) across the whole
+    batch (mean and population std of all real tokens). returns = A (no critic; values,
+    group_size, lam unused).
     """
     _check_batch("reinforce++", mask, token_rewards=token_rewards, values=values)
-    adv = masked_whiten(discounted_returns(token_rewards, mask, gamma), mask)
+    adv = whiten(discounted_returns(token_rewards, mask, gamma), mask)
     return adv, adv
 
 
@@ -235,11 +237,12 @@ ESTIMATORS = {
 }
 
 
-def advantages(algo: str, token_rewards: Tensor, values: Tensor, mask: Tensor, group_size: int, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+def advantages(algo: str, token_rewards: Tensor, values: Tensor, mask: Tensor, group_size: int, gamma: float, lam: float,
+               whiten=masked_whiten) -> tuple[Tensor, Tensor]:
     """Run the estimator ESTIMATORS[algo]; returns (advantages, returns), both [B, T]."""
     if algo not in ESTIMATORS:
         raise ValueError(f"advantages: unknown algo {algo!r}, expected one of {', '.join(map(repr, ESTIMATORS))}")
-    return ESTIMATORS[algo](token_rewards, values, mask, group_size, gamma, lam)
+    return ESTIMATORS[algo](token_rewards, values, mask, group_size, gamma, lam, whiten=whiten)
 
 
 # -----------------------------------------------------------------------------

@@ -262,10 +262,9 @@ def whiten_over_ranks(x, mask):
 def batch_advantages(cfg, rewards, values, mask):
     """ppo.advantages, with the batch-wide whitening (GAE's, optional; REINFORCE++'s, part of the method) taken
     over every rank's tokens: under torchrun the estimator sees only this rank's share of the batch."""
-    adv, returns = ppo.advantages(cfg.algo, rewards, values, mask, cfg.group_size, cfg.gamma, cfg.lam)
-    if cfg.algo == "reinforce++":
-        adv = returns = whiten_over_ranks(ppo.discounted_returns(rewards, mask, cfg.gamma), mask)
-    elif cfg.algo == "gae" and cfg.whiten_advantages:
+    adv, returns = ppo.advantages(cfg.algo, rewards, values, mask, cfg.group_size, cfg.gamma, cfg.lam,
+                                  whiten=whiten_over_ranks)
+    if cfg.algo == "gae" and cfg.whiten_advantages:
         adv = whiten_over_ranks(adv, mask)
     return adv, returns
 
