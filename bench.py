@@ -6,6 +6,7 @@
     python bench.py train --gpu               # one PPO step of the qwen2.5-3b preset, 64 x 1024: memory, MFU
     python bench.py memory                    # peak memory of a 3B PPO update, counted on fake tensors (no GPU)
     python bench.py --gpu-suite [--dry-run]   # everything that needs a GPU, in one call; --dry-run: tiny, on CPU
+    python bench.py --gpu-suite --sections ppo,sampler   # some of its sections only (a rerun after a fix)
 
 `transformers` is only the baseline (requirements-dev.txt). `sampler` ends with `sampler_speedup_vs_hf=<ratio>` for
 its first case. The GPU suite prints a short table last and writes its full log to $OUT (or --log-dir).
@@ -13,12 +14,14 @@ its first case. The GPU suite prints a short table last and writes its full log 
 
 import argparse
 import copy
+import gc
 import json
 import math
 import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -425,7 +428,12 @@ def fused_attention_only(model, log):
     return row
 
 
-def gpu_suite(dry_run: bool, log_dir: Path):
+SECTIONS = ("correctness", "ppo", "sampler")
+
+
+def gpu_suite(dry_run: bool, log_dir: Path, sections=SECTIONS):
+    """Runs the sections in order and returns whether all passed. A section that raises is logged with its
+    traceback and the next one still runs: a GPU session is too short to lose the rest to one failure."""
     device = torch.device("cpu" if dry_run else "cuda")
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(log_dir / "gpu_suite.jsonl", "w")
@@ -438,40 +446,64 @@ def gpu_suite(dry_run: bool, log_dir: Path):
     shape = DRY if dry_run else QWEN25_3B
     t_start = time.perf_counter()
     log(json.dumps(dict(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu (dry run)",
-                        torch=torch.__version__, date=time.strftime("%Y-%m-%d"))))
-    summary = []
-    correct = bf16_correctness(device, shape, log)
-    summary.append(f"bf16 logits rel. error {correct['rel_error']:.2e} (tol {BF16_TOLERANCE:.0e}) "
-                   f"{'OK' if correct['ok'] else 'FAIL'}; greedy agreement {correct['greedy_token_agreement']:.2f}; "
-                   f"attention without the math kernel: {'OK' if correct['fused_attention'] else 'FAIL (see log)'}")
+                        torch=torch.__version__, date=time.strftime("%Y-%m-%d"), sections=list(sections))))
+
+    def correctness():
+        r = bf16_correctness(device, shape, log)
+        line = (f"bf16 logits rel. error {r['rel_error']:.2e} (tol {BF16_TOLERANCE:.0e}) "
+                f"{'OK' if r['ok'] else 'FAIL'}; greedy agreement {r['greedy_token_agreement']:.2f}; "
+                f"attention without the math kernel: {'OK' if r['fused_attention'] else 'FAIL (see log)'}")
+        return line, r["ok"] and r["fused_attention"]
+
+    def ppo():
+        # on OOM: smaller micro-batches first (same work per step), then fewer prompts: the largest step that fits
+        cfg = gpu_train_config(dry_run)
+        full = cfg.prompts_per_step
+        for prompts, micro in ((full, cfg.micro_batch_size), (full, 1), (full // 2, 1)):
+            cfg.prompts_per_step, cfg.micro_batch_size = prompts, micro
+            cfg.mini_batch_size = min(cfg.mini_batch_size, prompts)
+            try:
+                r = bench_train(device, shape, cfg, steps=2 if dry_run else 1, log=log)[-1]
+                break
+            except torch.OutOfMemoryError as e:
+                log(json.dumps(dict(check="ppo step", prompts=prompts, micro_batch=micro, error=f"OOM: {e}"[:300])))
+            gc.collect()  # the failed attempt's tensors, before the next one allocates
+            torch.cuda.empty_cache()
+        else:
+            return f"PPO step {full}x{cfg.max_new_tokens}: out of memory, down to {prompts} prompts, micro-batch 1", False
+        return (f"PPO step {prompts}x{cfg.max_new_tokens} (micro-batch {micro}): {r['seconds']:.1f}s (generate "
+                f"{r['s_generate']:.1f}, reference {r['s_reference']:.1f}, train {r['s_train']:.1f}); peak "
+                f"{r.get('peak_mem_gb', float('nan')):.1f} GB; MFU {r.get('train_mfu', float('nan')):.1%}"), \
+            prompts == full
+
+    def sampler():
+        s = bench_sampler("dry" if dry_run else "gpu", device, reps=1 if dry_run else 2, log=log, roofline=True,
+                          hf_static_until=t_start + STATIC_BUDGET_S)
+        return (f"sampler {s['ours_tok_s']:.0f} tok/s vs transformers {s['hf_tok_s']:.0f} "
+                f"({s['speedup']:.2f}x; ceiling {s['max_speedup']:.1f}x)"
+                + (f", vs static+compile {s['hf_static_tok_s']:.0f} ({s['speedup_vs_static']:.2f}x)"
+                   if "hf_static_tok_s" in s else f", static+compile: {s.get('hf_static_error', '')[:80]}")
+                + f"; roofline {s['roofline_fraction']:.0%}; warm-up: compile {s['compile_s']:.1f}s, "
+                f"CUDA-graph record {s['cudagraph_record_s']:.2f}s"), True
+
     # the PPO step before the sampler comparison: the fit on one card matters most, and transformers' static-cache
     # compile at the end may be cut off by the time budget
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    cfg = gpu_train_config(dry_run)
-    try:
-        rows = bench_train(device, shape, cfg, steps=2 if dry_run else 1, log=log)
-        r = rows[-1]
-        summary.append(f"PPO step {cfg.prompts_per_step}x{cfg.max_new_tokens}: {r['seconds']:.1f}s (generate "
-                       f"{r['s_generate']:.1f}, reference {r['s_reference']:.1f}, train {r['s_train']:.1f}); peak "
-                       f"{r.get('peak_mem_gb', float('nan')):.1f} GB; MFU {r.get('train_mfu', float('nan')):.1%}")
-    except torch.OutOfMemoryError as e:
-        log(json.dumps(dict(check="ppo step", error=f"OOM: {e}"[:300])))
-        summary.append(f"PPO step {cfg.prompts_per_step}x{cfg.max_new_tokens}: out of memory")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    s = bench_sampler("dry" if dry_run else "gpu", device, reps=1 if dry_run else 2, log=log, roofline=True,
-                      hf_static_until=t_start + STATIC_BUDGET_S)
-    summary.append(f"sampler {s['ours_tok_s']:.0f} tok/s vs transformers {s['hf_tok_s']:.0f} "
-                   f"({s['speedup']:.2f}x; ceiling {s['max_speedup']:.1f}x)"
-                   + (f", vs static+compile {s['hf_static_tok_s']:.0f} ({s['speedup_vs_static']:.2f}x)"
-                      if "hf_static_tok_s" in s else f", static+compile: {s.get('hf_static_error', '')[:80]}")
-                   + f"; roofline {s['roofline_fraction']:.0%}; warm-up: compile {s['compile_s']:.1f}s, "
-                   f"CUDA-graph record {s['cudagraph_record_s']:.2f}s")
+    runs = dict(correctness=correctness, ppo=ppo, sampler=sampler)
+    summary, ok = [], True
+    for name in sections:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            line, passed = runs[name]()
+        except Exception as e:
+            log(json.dumps(dict(section=name, error=traceback.format_exc()[-3000:])))
+            line, passed = f"{name}: FAILED, {type(e).__name__}: {str(e)[:150]} (traceback in the log)", False
+        summary.append(line)
+        ok = ok and passed
     summary.append(f"suite: {time.perf_counter() - t_start:.0f}s")
     log("summary:\n  " + "\n  ".join(summary))
     log_file.close()
-    return correct["ok"] and correct["fused_attention"]
+    return ok
 
 
 def main():
@@ -483,10 +515,15 @@ def main():
     ap.add_argument("--steps", type=int, default=3, help="train: RL steps to time")
     ap.add_argument("--gpu-suite", action="store_true", help="everything that needs a GPU, in one call")
     ap.add_argument("--dry-run", action="store_true", help="with --gpu-suite: tiny shapes on CPU, to catch mistakes")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"with --gpu-suite: which to run, comma-separated, of {','.join(SECTIONS)} (a rerun after a fix)")
     ap.add_argument("--log-dir", default=os.environ.get("OUT", "bench_out"))
     a = ap.parse_args()
     if a.gpu_suite:
-        sys.exit(0 if gpu_suite(a.dry_run, Path(a.log_dir)) else 1)
+        sections = a.sections.split(",")
+        if not sections or any(x not in SECTIONS for x in sections):
+            ap.error(f"--sections: expected some of {','.join(SECTIONS)}, got {a.sections!r}")
+        sys.exit(0 if gpu_suite(a.dry_run, Path(a.log_dir), sections) else 1)
     if a.what == "sampler":
         if a.gpu:
             rows = [bench_sampler("gpu", torch.device("cuda"), a.reps, roofline=True, hf_static_until=math.inf)]

@@ -71,3 +71,51 @@ def test_memory_estimate_counts_the_training_state():
     expected = (4 + 4 + 8) * n_policy + 4 * n_policy_tensors + 2 * 2 * n_lm + (4 + 2 * 2) * rope + kv
     assert abs(r["end_gib"] * 2**30 - expected) < 0.001 * expected, (r["end_gib"] * 2**30 - expected, expected)
     assert r["peak_gib"] > r["end_gib"]
+
+
+def test_gpu_suite_section_failure_does_not_stop_the_rest(tmp_path, monkeypatch):
+    """A section that raises is logged with its traceback, the next section still runs, and the suite fails."""
+    pytest.importorskip("transformers")
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated capture failure")
+
+    monkeypatch.setattr(bench, "bf16_correctness", broken)
+    monkeypatch.setattr(bench, "STATIC_BUDGET_S", -1)  # no transformers static-cache compile here
+    assert not bench.gpu_suite(True, tmp_path, sections=("correctness", "sampler"))
+    rows = [json.loads(l) for l in (tmp_path / "gpu_suite.jsonl").read_text().splitlines() if l.startswith("{")]
+    assert rows[1]["section"] == "correctness" and "simulated capture failure" in rows[1]["error"]
+    assert "Traceback" in rows[1]["error"] and rows[2]["case"] == "dry"  # the sampler ran after it
+    summary = (tmp_path / "gpu_suite.jsonl").read_text().split("summary:")[1]
+    assert "correctness: FAILED, RuntimeError: simulated capture failure" in summary and "sampler " in summary
+
+
+@pytest.mark.parametrize("fits_at", [(4, 2), (4, 1), (2, 1), None])
+def test_gpu_suite_ppo_falls_back_to_the_largest_step_that_fits(tmp_path, monkeypatch, fits_at):
+    """Out of memory, the PPO section retries with micro-batch 1, then half the prompts; it passes at the full number of prompts (a
+    micro-batch only splits the same work)."""
+    tried = []
+
+    def fake_train(device, shape, cfg, steps, log):
+        tried.append((cfg.prompts_per_step, cfg.micro_batch_size))
+        assert cfg.mini_batch_size <= cfg.prompts_per_step and cfg.mini_batch_size % cfg.micro_batch_size == 0
+        if tried[-1] != fits_at:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return [dict(seconds=1.0, s_generate=0.5, s_reference=0.2, s_train=0.3)]
+
+    monkeypatch.setattr(bench, "bench_train", fake_train)
+    ok = bench.gpu_suite(True, tmp_path, sections=("ppo",))
+    summary = (tmp_path / "gpu_suite.jsonl").read_text().split("summary:")[1]
+    expected = [(4, 2), (4, 1), (2, 1)]
+    assert tried == (expected if fits_at is None else expected[:expected.index(fits_at) + 1])
+    assert ok == (fits_at is not None and fits_at[0] == 4)
+    if fits_at is None:
+        assert "out of memory, down to 2 prompts" in summary
+    else:
+        assert f"PPO step {fits_at[0]}x8 (micro-batch {fits_at[1]})" in summary
+
+
+def test_gpu_suite_refuses_unknown_sections():
+    p = subprocess.run([sys.executable, "bench.py", "--gpu-suite", "--dry-run", "--sections", "ppo,speed"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--sections: expected some of correctness,ppo,sampler" in p.stderr
