@@ -19,9 +19,11 @@ Format (the default rule, the paper's)
 
 Answer (the text inside <answer>...</answer>, stripped)
   It must name exactly one offered letter. Accepted, for gold C of options ABCD:
-      C    C.    C:    C)    (C)    [C]    **C**    \boxed{C}    $\boxed{C}$    Option C
+      C    C.    C:    C)    C).    C!    (C)    [C]    **C**    \boxed{C}    $\boxed{C}$    Option C
+      'C'    `C`    *C*    "Ceftriaxone"      (quotes, backticks and italics around the whole answer)
       C. Ceftriaxone    C: Ceftriaxone    C) Ceftriaxone    (C) Ceftriaxone    C - Ceftriaxone    C (Ceftriaxone)
-      The answer is C    The answer is (C).    Answer: C    The correct answer is **C**.
+      The answer is C    The answer is (C).    Answer: C    Answer - C    The correct answer is **C**.
+      C is the answer    C is correct    (C) is the most likely answer    Ceftriaxone is the best option
       So the best answer is C    **Final answer:** C    The correct option is C
                                  (lead-in words from LEAD_WORDS; bold is ignored everywhere)
       c    c.    c)    (c)    the answer is c      lower case only for the letter alone
@@ -33,19 +35,22 @@ Answer (the text inside <answer>...</answer>, stripped)
       A or B    A, C    A/B    A and B    AB    (A) or (B)      two or more options
       C. Gentamicin           with dict options, text after a letter must be that option's text (a
                               justification may follow it if it names no other option:
-                              "C. Ceftriaxone, because it covers N. gonorrhoeae" is C)
+                              "C. Ceftriaxone, because it covers N. gonorrhoeae" is C; a hyphen
+                              glued to the text makes another word: "C. Ceftriaxone-resistant ...")
       A patient with gout     the article "A" is not option A
       I think it is C         an explanation sentence is not an answer ("I" is a letter
                               when ten options are offered)
   A letter form wins over option text ("C" is option C even if some option's text is "C").
   With letter-only options the text after "C." cannot be checked against the option, but it
   may not name another offered letter: one that stands as a choice -- at the start of the text,
-  after punctuation, after a word such as "or", "is", "not", "though" or "option", before one
-  such as "is", "too" or "could", or as a label ("C. B is also right", "C) D)", "C) Ceftriaxone
-  D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work") -- makes the
-  answer name two options. A letter inside a term does not: "C. Hepatitis B. Start tenofovir",
-  "C. B-cell lymphoma", "C. E. coli", "C. B pertussis", "C. A patient ...". Letters that are
-  themselves an option's wording ("D. Both A and C") need dict options to be read right.
+  after punctuation, after a word such as "or", "is", "not", "though", "otherwise" or "option",
+  before one such as "is" or "could" when nothing else rules it out, before "too", "instead" or
+  "works" whatever precedes it ("consider D too"), or as a label ("C. B is also right", "C) D)",
+  "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work")
+  -- makes the answer name two options. The same holds after an option's text with dict options.
+  A letter inside a term does not: "C. Hepatitis B. Start tenofovir", "C. B-cell lymphoma",
+  "C. E. coli", "C. B pertussis", "C. A patient ...", "because hepatitis B is chronic". Letters
+  that are themselves an option's wording ("D. Both A and C") need dict options to be read right.
 
 Reward: -1.0 if the format fails, else 1.0 if the resolved letter is the gold one, else 0.0.
 
@@ -78,38 +83,50 @@ TAG_RE = re.compile(r"</?(?:think|answer)>")
 TAIL_RE = re.compile(r"(?:\s|<\|endoftext\|>|<\|im_end\|>|</s>|<eos>|<\|eot_id\|>|<\|end_of_text\|>)*")
 WRAP_RE = re.compile(r"\$?\\boxed\{([^{}]+)\}\$?\.?")  # \boxed{C}, $\boxed{C}$ (bold ** is dropped first)
 LOWER_RE = re.compile(r"\(([a-z])\)|([a-z])[.)]?")  # c, c., c), (c): lower case only standing alone
-# "The answer is", "Answer:", "So the best answer is", "Option"...: up to four lead-in words from a fixed
-# list (never a letter, which could be an option) before "answer", which must end in a space or colon so that
-# "AnswerC" is not read as C.
+# "The answer is", "Answer:", "Answer - ", "So the best answer is", "Option"...: up to four lead-in words from a
+# fixed list (never a letter, which could be an option) before "answer", which must end in a space, a colon or a
+# dash so that "AnswerC" is not read as C.
 LEAD_WORDS = ("so", "thus", "therefore", "hence", "my", "the", "final", "correct", "best", "right", "most",
               "likely", "true", "appropriate", "single")
 PREFIX_RE = re.compile(
-    rf"(?:(?:(?:{'|'.join(LEAD_WORDS)}),?\s+){{0,4}}(?:answer|option|choice)(?:\s+is)?(?:\s*:)?\s*(?<=[\s:]))?"
+    rf"(?:(?:(?:{'|'.join(LEAD_WORDS)}),?\s+){{0,4}}(?:answer|option|choice)(?:\s+is)?(?:\s*[:\u2013\u2014-])?\s*"
+    r"(?<=[\s:\u2013\u2014-]))?"
     r"(?:(?:option|choice)\s+)?", re.IGNORECASE)
-# C  C.  C:  C)  (C)  [C]  then optionally text, after whitespace or a spaced dash, or "C (text)". A bare
+# C  C.  C:  C)  C).  C!  (C)  [C]  then optionally text, after whitespace or a spaced dash, or "C (text)". A bare
 # letter must be followed by punctuation, a spaced dash, a parenthesis or the end, which rules out
 # "A patient", "AB", "A/B", "A, C" and "A or B".
 LETTER_RE = re.compile(
-    r"(?:\((?P<p>[A-Z])\)|\[(?P<b>[A-Z])\]|(?P<l>[A-Z])(?=[.:)]|\s+[-\u2013\u2014]\s|\s+\(|\Z))[.:)]?"
+    r"(?:\((?P<p>[A-Z])\)|\[(?P<b>[A-Z])\]|(?P<l>[A-Z])(?=[.:)!]|\s+[-\u2013\u2014]\s|\s+\(|\Z))(?:\)\.|[.:)!])?"
     r"(?:\s+[-\u2013\u2014])?(?:\s+(?P<text>\S.*))?",
     re.DOTALL)
 PAREN_RE = re.compile(r"\((.*)\)\.?", re.DOTALL)  # the option's text in parentheses: "C (Ceftriaxone)"
 # what may start a justification after the option's text: "Ceftriaxone, because ...", "Ceftriaxone (it covers ...)"
-JUSTIFY_RE = re.compile(r"\s*[,;:(\n\u2013\u2014-]|\.\s|\s+(?:because|since|as|given)\b", re.IGNORECASE)
+# (a hyphen only after a space: "Heparin-free" and "Heparin-induced ..." are other words, not option B's text)
+JUSTIFY_RE = re.compile(r"\s*[,;:(\n\u2013\u2014]|\s+-|\.\s|\s+(?:because|since|as|given)\b", re.IGNORECASE)
 # Words around a letter that make it a choice rather than part of a term. Before: "or B", "the answer is B",
 # "option B", "though B". After: "B is also right", "D too", "B could work".
 CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is", "answer",
                 "option", "choice", "maybe", "perhaps", "probably", "possibly", "though", "although", "however",
-                "alternatively", "else", "instead", "unless", "case", "rather", "than", "over"}
+                "alternatively", "else", "instead", "unless", "case", "rather", "than", "over", "yet", "while",
+                "whereas", "otherwise", "consider", "considering"}
 CHOICE_AFTER = {"is", "was", "are", "also", "too", "could", "might", "may", "can", "would", "should", "seems",
-                "looks", "or", "and", "nor", "as", "if", "but", "then", "instead", "vs", "versus", "not", "being"}
+                "looks", "or", "and", "nor", "as", "if", "but", "then", "instead", "vs", "versus", "not", "being",
+                "works", "work", "fits"}
+# ...of which these make a letter a choice whatever stands before it: "consider C too", "Heparin (C works too)".
+# ("Hepatitis B is", "vitamin D can" stay terms: "is" and the modal verbs need a choice word or punctuation before.)
+HEDGE_AFTER = {"too", "instead", "works", "work", "fits"}
 WORD_BEFORE_RE = re.compile(r"([A-Za-z0-9]+)[ \t-]*\Z")  # the word right before a letter, in the same phrase
 WORD_AFTER_RE = re.compile(r"\.?[ \t]+([a-z]+)")  # a lower-case word right after a letter: "B pertussis", "E. coli"
 ARTICLE_RE = re.compile(r"A\s+(?!(?:or|and|nor)\b)[a-z]")  # "A patient": the article, not option A
 TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z](?![A-Za-z0-9])")  # a capital letter standing alone
 ANSWER_IS_RE = re.compile(
     r"(?i:answer)(?:\s+(?i:is))?(?:\s*:)?\s*(?:(?i:option|choice)\s+)?[(\[*]*([A-Z])(?![A-Za-z0-9])")
-END_LETTER_RE = re.compile(r"(?<![A-Za-z0-9])[(\[*]*([A-Z])[)\]*]*\.?\s*\Z")  # "...so it's B."
+END_LETTER_RE = re.compile(r"(?<![A-Za-z0-9])[(\[*]*([A-Z])[)\]*]*[.!]?\s*\Z")  # "...so it's B."
+IS_ANSWER_RE = re.compile(  # "C is the answer", "C is correct", "Ceftriaxone is the best option."
+    r"(.+?)\s+is\s+(?:the\s+)?(?:(?:most\s+likely|correct|right|best|final|true)(?:\s+(?:answer|option|choice))?"
+    r"|answer|option|choice)\s*[.!]?", re.IGNORECASE | re.DOTALL)
+LEAD_LETTER_RE = re.compile(r"\s*[(\[*]*([A-Z])[)\]*]*(?:[,:;!]|\.\s)")  # a short think opening "B, obviously."
+QUOTES = {"'": "'", '"': '"', "`": "`", "*": "*", "_": "_", "\u201c": "\u201d", "\u2018": "\u2019"}
 
 
 @dataclass(frozen=True)
@@ -159,8 +176,12 @@ def has_phrase(hay, needle):
 
 
 def unwrap(s):
+    # \boxed{C}, then quotes, backticks and italics around the whole answer: 'C', `C`, *C*, "Ceftriaxone"
     m = WRAP_RE.fullmatch(s)
-    return m.group(1).strip() if m else s
+    s = m.group(1).strip() if m else s
+    while len(s) > 2 and QUOTES.get(s[0]) == s[-1]:
+        s = s[1:-1].strip()
+    return s
 
 
 def other_choices(text, letter, letters):
@@ -174,7 +195,8 @@ def other_choices(text, letter, letters):
         if text.startswith("-", m.end()) or (after and after.group(1) not in CHOICE_AFTER):
             continue  # "B-cell lymphoma", "E. coli", "B pertussis", "A patient": a term
         before = WORD_BEFORE_RE.search(text, max(0, m.start() - 40), m.start())
-        if before and before.group(1).lower() not in CHOICE_WORDS and not text.startswith(")", m.end()):
+        if (before and before.group(1).lower() not in CHOICE_WORDS and not text.startswith(")", m.end())
+                and not (after and after.group(1) in HEDGE_AFTER)):
             continue  # "Hepatitis B", "vitamin A": part of the option's wording ("Ceftriaxone D)" is a label)
         others.append(o)
     return others
@@ -245,15 +267,18 @@ def diagnose(s, letters):
 
 def resolve(content, letters, texts):
     """(letter, "") for the one option the answer names, else (None, reason)."""
-    s = unwrap(content.replace("**", "").strip())  # bold carries no meaning: **C**, **Answer:** C
+    raw = content.replace("**", "").strip()  # bold carries no meaning: **C**, **Answer:** C
+    s = unwrap(raw)
     if not s:
         return None, "empty answer"
-    rest = unwrap(s[PREFIX_RE.match(s).end():])
+    after = unwrap(s[PREFIX_RE.match(s).end():])
+    m = IS_ANSWER_RE.fullmatch(after)
+    rest = unwrap(m.group(1)) if m else after
     letter, why = letter_choice(s, rest, letters, texts)
     if letter:
         return letter, ""
-    if texts is not None:
-        candidates = {norm(s), norm(rest)}
+    if texts is not None:  # (an option's text may itself be quoted or say "is correct")
+        candidates = {norm(raw), norm(s), norm(after), norm(rest)}
         hits = [k for k, v in texts.items() if norm(v) and norm(v) in candidates]
         if len(hits) == 1:
             return hits[0], ""
@@ -271,6 +296,9 @@ def states_answer(think, pred, letters, texts):
             return True
     m = END_LETTER_RE.search(think.rstrip()[-16:])
     if m and m.group(1) == pred:
+        return True
+    m = LEAD_LETTER_RE.match(think)
+    if m and m.group(1) == pred and len(think.split()) <= DIRECT_WORDS:
         return True
     return texts is not None and bool(norm(texts[pred])) and has_phrase(norm(think), norm(texts[pred]))
 

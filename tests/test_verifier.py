@@ -156,6 +156,36 @@ CASES = [
     (reply("C"), "C", BUGS, 1, "C", {}),
     (reply("Vitamin A"), "A", VITAMINS, 1, "A", {}),
     (reply("A. Vitamin A"), "A", VITAMINS, 1, "A", {}),
+    # hedges: a second option named as an alternative (fifth session's audit)
+    (reply("C. Ceftriaxone, consider A too"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone, yet A is also reasonable"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone, while A is also reasonable"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone; otherwise A"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone (A works too)"), "C", DRUGS, -1, None, {}),
+    (reply("C. A works too"), "C", "ABCD", -1, None, {}),
+    (reply("C (D works too)"), "C", "ABCD", -1, None, {}),
+    (reply("C. otherwise D too"), "C", "ABCD", -1, None, {}),
+    # ...while a term with a letter in the justification is still no second option
+    (reply("C. Ceftriaxone, because hepatitis B is not the issue"), "C", DRUGS, 1, "C", {}),
+    (reply("C. Ceftriaxone, since vitamin D can wait"), "C", DRUGS, 1, "C", {}),
+    # text glued to the option's text by a hyphen is another word, not option C
+    (reply("C. Ceftriaxone-resistant gonorrhea"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone-free regimen"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone - it covers gonorrhea"), "C", DRUGS, 1, "C", {}),
+    # one letter, in forms a reader takes for an answer
+    (reply("C is the answer"), "C", "ABCD", 1, "C", {}),
+    (reply("C is correct."), "C", "ABCD", 1, "C", {}),
+    (reply("(C) is the most likely answer"), "C", DRUGS, 1, "C", {}),
+    (reply("Ceftriaxone is the best option"), "C", DRUGS, 1, "C", {}),
+    (reply("A or C is correct"), "C", "ABCD", -1, None, {}),
+    (reply("'C'"), "C", "ABCD", 1, "C", {}),
+    (reply("*C*"), "C", "ABCD", 1, "C", {}),
+    (reply("`C`"), "C", "ABCD", 1, "C", {}),
+    (reply("\u201cCeftriaxone\u201d"), "C", DRUGS, 1, "C", {}),
+    (reply("C)."), "C", "ABCD", 1, "C", {}),
+    (reply("C!"), "C", "ABCD", 1, "C", {}),
+    (reply("Answer - C"), "C", "ABCD", 1, "C", {}),
+    (reply("'C' or 'D'"), "C", "ABCD", -1, None, {}),
     # the paper's hacks
     ("<think>The answer is B.</think><answer>B</answer>", "B", "ABCD", 1, "B", {}),
     ("Urate crystals mean gout, so B.\n<think>B</think><answer>B</answer>", "B", "ABCD", 1, "B", {}),
@@ -242,6 +272,12 @@ def test_signals():
     ("The answer is A patient with gout", "A", "ABCD", False),  # the article, not option A
     ("Gout; not ciprofloxacin", "C", DRUGS, False),  # another option's text
     ("", "B", "ABCD", False),
+    ("B is the answer.", "B", "ABCD", True),  # the letter first (fifth session's audit)
+    ("Option B is correct.", "B", DRUGS, True),
+    ("(B) is right", "B", DRUGS, True),
+    ("B!", "B", "ABCD", True),
+    ("B, obviously.", "B", DRUGS, True),
+    ("B, C and D are all antibiotics; gout needs none of them, so it is unclear.", "B", "ABCD", False),
 ])
 def test_think_states_answer(think, answer, options, states):
     s = score(reply(answer, think=think), answer, options)
@@ -279,6 +315,7 @@ def words(n):
     (words(OUTSIDE_WORDS) + "<think>The answer is B.</think><answer>B</answer>", "outside_reasoning"),
     ("<think>The answer is B.</think><answer>B</answer>", "direct_answer"),
     ("<think></think><answer>B</answer>", "direct_answer"),
+    ("<think>B is the answer.</think><answer>B</answer>", "direct_answer"),
     ("<think>" + words(DIRECT_WORDS - 4) + " the answer is B</think><answer>B</answer>", "direct_answer"),
     ("<think>" + words(DIRECT_WORDS - 3) + " the answer is B</think><answer>B</answer>", "concise"),
     ("<think>Urate crystals mean gout.</think><answer>B</answer>", "concise"),  # short, states nothing
