@@ -20,8 +20,8 @@ an id and a source (the subgroup used for per-source accuracy). Formats (see ../
                     source are optional (default "<file stem>:<line>" and the file stem). 2 to 26 options.
 
 Files are UTF-8 (a leading BOM is fine); jsonl is JSON Lines, one object per line, never a JSON array. Bad rows raise
-DataError "<file>:<line>: <field>: <what was expected>" (skip_bad=True skips them instead); a key repeated within one
-object and an id repeated within one file are bad rows too.
+DataError "<file>:<line>: <field>: <what was expected>", for PubMedQA "<file>: PMID <pmid>: <field>: ..." (skip_bad=True
+skips them instead); a key repeated within one object and an id repeated within one file are bad rows too.
 
 Templates: base (User/Assistant text for base models), chat (Qwen chat markup), direct (answer letter only,
 empty reasoning pre-filled) and cot (step-by-step reasoning pre-filled); see render() and response_prefix().
@@ -59,7 +59,8 @@ class Item:
 
 
 class DataError(ValueError):
-    """A bad record; the message is always '<path>:<line>: <field>: <what was expected>'."""
+    """A bad record; the message is always '<path>:<line>: <field>: <what was expected>' ('<path>: PMID <pmid>: ...'
+    for PubMedQA, whose records have no line of their own)."""
 
 
 # -----------------------------------------------------------------------------
@@ -138,7 +139,10 @@ def parse_mmlu_pro(rec, path, line):
     where = f"{path}:{line}"
     qid = get(rec, "question_id", (int, str), where)
     question = text(rec, "question", where)
-    options = option_texts(get(rec, "options", list, where), "options", where)
+    texts = get(rec, "options", list, where)
+    if not 3 <= len(texts) <= 10:  # MMLU-Pro's spec; more would also run past its answer letters A-J
+        fail(where, "options", f"expected 3-10 options (MMLU-Pro), got {len(texts)}")
+    options = option_texts(texts, "options", where)
     if "answer" not in rec and "answer_index" not in rec:
         fail(where, "answer", "missing (and no answer_index)")
     if "answer_index" in rec:
@@ -208,7 +212,7 @@ PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
 
 
 def parse_pubmedqa(rec, path, pmid):
-    where = f"{path}:{pmid}"
+    where = f"{path}: PMID {pmid}"  # not "path:pmid", which reads as a line number
     if not isinstance(rec, dict):
         fail(where, "record", f"expected an object with QUESTION, CONTEXTS, final_decision, got {type(rec).__name__}")
     question = text(rec, "QUESTION", where)
@@ -249,15 +253,23 @@ def as_dicts(value, where, field=""):
     return value
 
 
+# json.loads and as_dicts recurse once per level of nesting
+TOO_DEEP = "nested too deeply to read (Python's recursion limit); expected records nested a few levels at most"
+
+
 def jsonl_rows(path, content, parse):
     def row(line, raw):
+        where = f"{path}:{line}"
         try:
             rec = json.loads(raw, object_pairs_hook=Pairs)
+            if not isinstance(rec, Pairs):
+                fail(where, "record", f"expected a JSON object, got {type(rec).__name__}")
+            rec = as_dicts(rec, where)
         except json.JSONDecodeError as e:
-            fail(f"{path}:{line}", "json", f"{e.msg} (column {e.colno})")
-        if not isinstance(rec, Pairs):
-            fail(f"{path}:{line}", "record", f"expected a JSON object, got {type(rec).__name__}")
-        return parse(as_dicts(rec, f"{path}:{line}"), path, line)
+            fail(where, "json", f"{e.msg} (column {e.colno})")
+        except RecursionError:
+            fail(where, "json", TOO_DEEP)
+        return parse(rec, path, line)
     # only "\n" ends a line: str.splitlines() also splits on U+2028, U+2029 and U+0085, which JSON allows raw in strings
     for line, raw in enumerate(content.split("\n"), start=1):
         if raw.strip():
@@ -267,7 +279,16 @@ def jsonl_rows(path, content, parse):
 def csv_rows(path, content, parse):
     reader = csv.reader(io.StringIO(content, newline=""))
     start = 1
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # only a cell over csv.field_size_limit() gets here (no strict dialect, no "\r" left)
+            # raised here, not from a row's thunk, so skip_bad cannot skip it: the reader cannot resume, it would take
+            # the rest of a long quoted cell for new rows
+            fail(f"{path}:{start}", "row", f"{e}; expected cells of at most {csv.field_size_limit()} characters "
+                                           "(the file is not read past this row)")
         if row:  # a quoted cell may span lines: report the line the row starts on
             yield start, lambda row=row, start=start: parse(row, path, start)
         start = reader.line_num + 1
@@ -278,17 +299,26 @@ def pubmedqa_rows(path, content, parse):
         records = json.loads(content, object_pairs_hook=Pairs)
     except json.JSONDecodeError as e:
         fail(f"{path}:{e.lineno}", "json", f"{e.msg} (column {e.colno})")
+    except RecursionError:  # json.loads does not say where
+        fail(f"{path}:1", "file", TOO_DEEP)
     if not isinstance(records, Pairs):
         fail(f"{path}:1", "file", f"expected one JSON object PMID -> record, got {type(records).__name__}")
     seen = set()
     for pmid, rec in records:
-        where = f"{path}:{pmid}"
+        where = f"{path}: PMID {pmid}"
         if pmid in seen:
             yield pmid, lambda where=where: fail(where, "PMID",
                                                  "appears twice in the file; each record needs its own PMID")
         else:
             seen.add(pmid)
-            yield pmid, lambda pmid=pmid, rec=rec, where=where: parse(as_dicts(rec, where), path, pmid)
+            yield pmid, lambda pmid=pmid, rec=rec, where=where: parse(pubmedqa_record(rec, where), path, pmid)
+
+
+def pubmedqa_record(rec, where):
+    try:
+        return as_dicts(rec, where)
+    except RecursionError:
+        fail(where, "record", TOO_DEEP)
 
 
 SNIFF_LINES = 20  # detection reads this many non-blank lines, so that one bad or odd first line does not decide
@@ -305,6 +335,23 @@ def guess_from_keys(keys):
     return "generic"
 
 
+def looks_like_pubmedqa(whole):
+    # a one-line jsonl file is one JSON object too: PMIDs as keys, or PubMedQA records as values, tell them apart
+    if not isinstance(whole, dict) or not whole:
+        return False
+    return (all(re.fullmatch(r"[0-9]+", key) for key in whole)
+            or all(isinstance(v, dict) and {"QUESTION", "final_decision"} & v.keys() for v in whole.values()))
+
+
+def starts_with_mmlu_row(content):
+    """Whether the first row read as CSV is an MMLU row: 6 cells, the last an answer letter."""
+    try:
+        row = next((row for row in csv.reader(io.StringIO(content, newline="")) if row), [])
+    except csv.Error:
+        return False
+    return len(row) == 6 and row[5] in ("A", "B", "C", "D")
+
+
 def fits(fmt, rec, path):
     try:
         PARSERS[fmt](rec, path, 1)
@@ -318,21 +365,22 @@ def detect_format(path, content):
     that some of the first rows parse as), else csv. Returns (format, note): the note, empty when the guess is sure,
     goes at the end of errors, so that a row read in the wrong format says so."""
     try:
-        whole = json.loads(content)
-        if isinstance(whole, dict) and "question" not in whole:
+        if looks_like_pubmedqa(json.loads(content)):
             return "pubmedqa", ""
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         pass  # several lines: jsonl, or csv
     records = []
     for raw in [raw for raw in content.split("\n") if raw.strip()][:SNIFF_LINES]:
         try:
             rec = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue  # the loader will report the bad line
         if isinstance(rec, dict):
             records.append(rec)
     if not records:
-        return ("generic" if content.lstrip().startswith("{") else "mmlu_csv"), ""
+        # csv, or jsonl whose sniffed lines are all bad JSON: its errors should say so. A question may start with "{"
+        broken_jsonl = content.lstrip().startswith("{") and not starts_with_mmlu_row(content)
+        return ("generic" if broken_jsonl else "mmlu_csv"), ""
     guess = guess_from_keys(records[0])
     fmt = next((f for f in FIT_ORDER if any(fits(f, rec, path) for rec in records)), None)
     if fmt == guess:

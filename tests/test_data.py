@@ -116,7 +116,7 @@ def test_real_pubmedqa_agrees_with_ground_truth_file():
 
 def test_real_label_file_is_rejected_clearly():
     path = real("pubmedqa/test_ground_truth.json")
-    with pytest.raises(data.DataError, match=re.escape(f"{path}:12377809: record: expected an object")):
+    with pytest.raises(data.DataError, match=re.escape(f"{path}: PMID 12377809: record: expected an object")):
         data.load_mcqa(path)
 
 
@@ -206,6 +206,10 @@ def test_option_checks(tmp_path):
     p = write_jsonl(tmp_path / "p.jsonl", [{"question_id": 1, "question": "Q", "options": ["a", "b", "c"],
                                             "answer": "B", "answer_index": 2, "src": "s"}])
     expect_error(p, f"{p}:1: answer: 'B' disagrees with answer_index 2 (C)", "mmlu_pro")
+    for n in (2, 11):  # MMLU-Pro has 3-10
+        p = write_jsonl(tmp_path / "p.jsonl", [{"question_id": 1, "question": "Q", "options": list("abcdefghijk"[:n]),
+                                                "answer": "A", "answer_index": 0, "src": "s"}])
+        expect_error(p, f"{p}:1: options: expected 3-10 options (MMLU-Pro), got {n}", "mmlu_pro")
     p = write_jsonl(tmp_path / "mc.jsonl", [{"question": "Q", "choices": ["A. a", "b", "C. c", "D. d"], "answer": 0}])
     expect_error(p, f"{p}:1: choices.B: expected a string starting with 'B. ', got 'b'", "medmcqa")
     p = write_jsonl(tmp_path / "m.jsonl", [{**MEDQA_ROW, "answer": "x"}])
@@ -221,13 +225,42 @@ def test_bad_csv_rows(tmp_path):
     expect_error(p, f"{p}:2: answer: 'E' not among options A-D")
     p.write_text("q,a,,c,d,A\n")
     expect_error(p, f"{p}:1: B: expected non-empty text")
+    # over csv's cell limit the reader cannot go on, so not even skip_bad reads past the row
+    p.write_text("q,a,b,c,d,A\n" + "q" * 200_000 + ",a,b,c,d,B\nq3,a,b,c,d,C\n")
+    message = (f"{p}:2: row: field larger than field limit (131072); expected cells of at most 131072 characters "
+               "(the file is not read past this row)")
+    expect_error(p, message)
+    with pytest.raises(data.DataError, match=re.escape(message)):
+        data.load_mcqa(p, skip_bad=True)
+
+
+def test_csv_question_starting_with_brace_is_csv(tmp_path):
+    p = tmp_path / "college_biology_test.csv"
+    p.write_text("{x} denotes a set. Which is true?,a,b,c,d,A\nq2,a,b,c,d,B\n")
+    assert [it.question for it in data.load_mcqa(p)] == ["{x} denotes a set. Which is true?", "q2"]
+    # a jsonl file of Python dicts is still jsonl, so that its error is about JSON
+    p = write_jsonl(tmp_path / "py.jsonl", ["{'question': 'Q', 'options': ['a', 'b', 'c', 'd'], 'answer': 'A'}"] * 2)
+    expect_error(p, f"{p}:1: json: Expecting property name enclosed in double quotes (column 2)")
+
+
+def test_deeply_nested_json_is_a_bad_row(tmp_path, capsys):
+    deep = "[" * 100_000 + "]" * 100_000
+    too_deep = "nested too deeply to read (Python's recursion limit); expected records nested a few levels at most"
+    p = write_jsonl(tmp_path / "g.jsonl", [{"question": "Q", "options": ["x", "y"], "answer": "A"},
+                                           '{"question": %s}' % deep])
+    expect_error(p, f"{p}:2: json: {too_deep}")
+    expect_error(p, f"{p}:2: json: {too_deep}", "generic")
+    assert [it.question for it in data.load_mcqa(p, skip_bad=True)] == ["Q"]
+    p = tmp_path / "pq.json"
+    p.write_text('{"111": {"QUESTION": "Q?", "CONTEXTS": [], "final_decision": "yes"},\n"222": %s}' % deep)
+    expect_error(p, f"{p}:1: file: {too_deep}", "pubmedqa")
 
 
 def test_pubmedqa_error_names_the_record_key(tmp_path):
     p = tmp_path / "pq.json"
     p.write_text(json.dumps({"111": {"QUESTION": "Q?", "CONTEXTS": ["c"], "final_decision": "yes"},
                              "222": {"QUESTION": "Q?", "CONTEXTS": ["c"], "final_decision": "perhaps"}}))
-    expect_error(p, f"{p}:222: final_decision: 'perhaps' is not one of yes, no, maybe")
+    expect_error(p, f"{p}: PMID 222: final_decision: 'perhaps' is not one of yes, no, maybe")
 
 
 def test_skip_bad_skips_and_counts(tmp_path, capsys):
@@ -304,6 +337,17 @@ def test_generic_rows_with_extra_fields_stay_generic(tmp_path, extra):
                                  for i in range(2)]
 
 
+@pytest.mark.parametrize("row,message", [
+    ({k: v for k, v in MEDQA_ROW.items() if k != "question"}, ":1: question: missing (format detected as medqa from "
+     "the fields of the first row, but no row of the first 1 fits any format; pass fmt= to choose the format)"),
+    ({"Question": "Q?", "options": ["x", "y"], "answer": "A"}, ":1: question: missing"),
+    ({}, ":1: question: missing")], ids=["medqa", "generic", "empty"])
+def test_one_line_jsonl_is_not_taken_for_pubmedqa(tmp_path, row, message):
+    # one line is one JSON object, like a PubMedQA file, but neither its keys nor its values are PubMedQA's
+    p = write_jsonl(tmp_path / "mine.jsonl", [row])
+    expect_error(p, f"{p}{message}")
+
+
 def test_detection_fallback_is_named_in_errors(tmp_path):
     # fell back to generic: a later bad row says so and suggests fmt=
     rows = [{"question": "Q", "options": ["x", "y"], "answer": "B", "answer_idx": "B"}] * 2
@@ -355,10 +399,10 @@ def test_duplicate_json_keys_are_malformed(tmp_path):
     rec = '{"QUESTION": "Q?", "CONTEXTS": [], "final_decision": "%s"}'
     p = tmp_path / "pq.json"
     p.write_text('{"111": %s, "222": %s, "111": %s}' % (rec % "yes", rec % "no", rec % "maybe"))
-    expect_error(p, f"{p}:111: PMID: appears twice in the file; each record needs its own PMID")
+    expect_error(p, f"{p}: PMID 111: PMID: appears twice in the file; each record needs its own PMID")
     assert [(it.id, it.answer) for it in data.load_mcqa(p, skip_bad=True)] == [("111", "A"), ("222", "B")]
     p.write_text('{"111": {"QUESTION": "Q?", "CONTEXTS": [], "final_decision": "yes", "QUESTION": "R?"}}')
-    expect_error(p, f"{p}:111: QUESTION: appears twice in one object (JSON keys must be unique)")
+    expect_error(p, f"{p}: PMID 111: QUESTION: appears twice in one object (JSON keys must be unique)")
 
 
 def test_duplicate_ids_are_errors(tmp_path):
