@@ -11,6 +11,7 @@ model, loading and saving, then the sampler. `python model.py CKPT "prompt"` sam
 """
 
 import json
+import math
 import numbers
 import time
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class ModelArgs:
         def fail(msg):
             raise ValueError(f"{where}: {msg}")
 
+        if not isinstance(cfg, dict):
+            fail(f"expected a JSON object at the top level, got {type(cfg).__name__}")
         if cfg.get("model_type") != "qwen2":
             fail(f"model_type {cfg.get('model_type')!r} is not supported; this model implements 'qwen2' only")
         arch = cfg.get("architectures") or ["Qwen2ForCausalLM"]
@@ -92,15 +95,18 @@ class ModelArgs:
         if not cfg.get("head_dim") and cfg["hidden_size"] % n_heads:
             fail(f"hidden_size {cfg['hidden_size']} is not a multiple of num_attention_heads {n_heads} "
                  "(and no head_dim is given)")
+        max_pos = cfg.get("max_position_embeddings", 32768)
+        if not isinstance(max_pos, int) or max_pos <= 0:
+            fail(f"max_position_embeddings: expected a positive integer, got {max_pos!r}")
         eos = cfg.get("eos_token_id")
         if isinstance(eos, list):  # some configs list several; the first is the end-of-text token
-            eos = eos[0]
+            eos = eos[0] if eos else None
         return cls(
             dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_kv,
             intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
             norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            max_seq_len=int(cfg.get("max_position_embeddings", 32768)), eos_id=eos, bos_id=cfg.get("bos_token_id"),
+            max_seq_len=max_pos, eos_id=eos, bos_id=cfg.get("bos_token_id"),
             head_dim=head_dim,
         )
 
@@ -337,11 +343,11 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> "Transformer":
-        if isinstance(dtype, str):  # "bfloat16", as config.json spells it
-            dtype = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        # a string: "bfloat16", as config.json spells it
+        resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
             raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, got {dtype!r}")
-        return load_checkpoint(path, device, dtype)
+        return load_checkpoint(path, device, resolved)
 
 
 # -----------------------------------------------------------------------------
@@ -360,16 +366,27 @@ def read_config(path) -> ModelArgs:
     return ModelArgs.from_hf_config(cfg, str(cfg_file))
 
 
+def shard_names(index: Path) -> list[str]:
+    """The shard files that a model.safetensors.index.json lists."""
+    try:
+        content = json.loads(index.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{index}: not valid JSON ({e})") from None
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ValueError(f"{index}: weight_map: expected an object of tensor name -> shard file name, "
+                         f"got {weight_map!r:.80}")
+    return sorted(set(weight_map.values()))
+
+
 def checkpoint_files(path) -> list[Path]:
     path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [path / n for n in names]
-    elif (path / "model.safetensors").is_file():
-        files = [path / "model.safetensors"]
-    else:
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.is_file():  # as transformers: a single file wins over an index beside it
+        return [single]
+    if not index.is_file():
         raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    files = [path / n for n in shard_names(index)]
     for f in files:
         if not f.is_file():
             raise FileNotFoundError(f"{f}: shard named in {index.name} is missing")
@@ -395,6 +412,11 @@ def read_tensors(file):
             if info["dtype"] not in SAFETENSORS_DTYPES:
                 raise ValueError(f"{file}: tensor {name} has dtype {info['dtype']}; expected floating-point weights "
                                  f"({', '.join(SAFETENSORS_DTYPES)}); quantized checkpoints are not supported")
+            start, end = info["data_offsets"]
+            size = math.prod(info["shape"]) * SAFETENSORS_DTYPES[info["dtype"]].itemsize
+            if end - start != size:
+                raise ValueError(f"{file}: tensor {name} spans bytes {start}..{end} ({end - start} bytes), but its "
+                                 f"shape {info['shape']} of {info['dtype']} takes {size} bytes")
 
             def read(info=info):
                 start, end = info["data_offsets"]
@@ -451,6 +473,13 @@ def save_pretrained(model: Transformer, path, dtype=None, state_dict=None):
     dtype = dtype or state["model.embed_tokens.weight"].dtype
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    index = path / "model.safetensors.index.json"
+    if index.is_file():  # an older sharded save: remove it, as transformers does, so one set of weights remains
+        shards = shard_names(index)
+        index.unlink()
+        for name in shards:
+            if Path(name).name == name != "model.safetensors":  # only files of this folder, never the new weights
+                (path / name).unlink(missing_ok=True)
     (path / "config.json").write_text(json.dumps(model.args.to_hf_config(dtype), indent=2))
 
 
@@ -498,10 +527,14 @@ def sample(logits, temperature, top_k, top_p, generator):
     if temperature == 0:
         token = logits.argmax(-1)
         return token, logits.gather(-1, token[:, None])[:, 0] - logits.logsumexp(-1)
-    scaled = logits / temperature
-    m = scaled.amax(-1, keepdim=True)  # not max(): it also finds the indices, ~8x slower at a 32k vocabulary
-    e = (scaled - m).exp()
-    log_z = m[:, 0] + e.sum(-1).log()
+    # shift before dividing, or logits / a tiny temperature overflow to inf (NaN logprobs). And keep 1 / T finite in
+    # fp32: CUDA divides by a scalar by multiplying by its reciprocal, and the max's 0 * inf is NaN. At fp32's
+    # smallest normal every gap between distinct logits already scales past exp's range: the clamp changes nothing
+    temperature = max(temperature, torch.finfo(logits.dtype).tiny)
+    m = logits.amax(-1, keepdim=True)  # not max(): it also finds the indices, ~8x slower at a 32k vocabulary
+    scaled = (logits - m) / temperature
+    e = scaled.exp()
+    log_z = e.sum(-1).log()
     # fp64, the sums and the uniform draw: on an fp32 grid (steps of 2^-24 of the total) tens of thousands of a
     # 152k vocabulary's tail tokens get no slice of the CDF and could never be drawn
     cdf = filter_probs(e, top_k, top_p).double().cumsum(-1)
@@ -597,8 +630,9 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
         raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k}")
     if stop is not None and not callable(stop):
         raise TypeError(f"stop must be a function of a row's new tokens (list[int]) -> bool, got {stop!r}")
-    eos_ids = [] if eos_id is None else torch.as_tensor(eos_id).reshape(-1)  # an id, a list, numpy or torch ints
-    if eos_id is not None and (eos_ids.dtype.is_floating_point or eos_ids.dtype == torch.bool):
+    # an id, a list, numpy or torch ints; None or [] is none (torch makes [] a float tensor, so test its length)
+    eos_ids = torch.as_tensor([] if eos_id is None else eos_id).reshape(-1)
+    if len(eos_ids) and (eos_ids.dtype.is_floating_point or eos_ids.dtype == torch.bool):
         raise ValueError(f"eos_id must be a token id or a list of them, got {eos_id!r}")
     eos_ids = [int(e) for e in eos_ids]
     B, P = len(prompts), max(len(p) for p in prompts)

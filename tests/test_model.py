@@ -90,6 +90,7 @@ def test_explicit_head_dim_matches_transformers(tmp_path):
     {"rope_scaling": {"rope_type": "default"}},
     {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 2, "layer_types": None},  # no layer slides
     {"rope_parameters": None, "rope_theta": None},  # transformers' default theta, 10000
+    {"eos_token_id": []},  # no EOS id
 ])
 def test_configs_transformers_reads_as_the_plain_model(tmp_path, patch):
     hf = hf_model(tmp_path, theta=10000.0)
@@ -97,6 +98,7 @@ def test_configs_transformers_reads_as_the_plain_model(tmp_path, patch):
     cfg.update(patch)
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
     m = M.Transformer.from_pretrained(tmp_path)
+    assert m.args.eos_id == (None if patch.get("eos_token_id") == [] else 3)
     hf2 = Qwen2ForCausalLM.from_pretrained(tmp_path).eval()
     x = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -126,6 +128,25 @@ def test_save_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         assert (hf2(x).logits - m(x)).abs().max().item() <= 1e-4
         assert torch.equal(m2(x), m(x))
+
+
+def test_save_pretrained_over_a_sharded_checkpoint(tmp_path):
+    """Saving into a folder that holds shards leaves one set of weights (the shards and their index go, as with
+    transformers' save_pretrained); an index beside a model.safetensors loses to it, as in transformers."""
+    hf_model(tmp_path, shard=True)
+    index = (tmp_path / "model.safetensors.index.json").read_text()
+    shards = sorted(set(json.loads(index)["weight_map"].values()))
+    m = M.Transformer.from_pretrained(tmp_path)
+    with torch.no_grad():
+        m.model.norm.weight.mul_(3.0)
+    M.save_pretrained(m, tmp_path)
+    assert not any((tmp_path / f).exists() for f in ["model.safetensors.index.json", *shards])
+    x = torch.randint(0, VOCAB, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(M.Transformer.from_pretrained(tmp_path)(x), m(x))
+        assert (Qwen2ForCausalLM.from_pretrained(tmp_path).eval()(x).logits - m(x)).abs().max().item() <= 1e-4
+        (tmp_path / "model.safetensors.index.json").write_text(index)  # stale, left by another tool
+        assert torch.equal(M.Transformer.from_pretrained(tmp_path)(x), m(x))
 
 
 def test_ragged_batch_equals_rows_alone(tmp_path):
@@ -223,6 +244,15 @@ def test_sampled_logprobs_are_untruncated_tempered(pair):
             assert abs(lp - float(torch.log_softmax(logits / 0.7, -1)[tok])) <= 1e-4
             assert tok in logits.topk(5).indices.tolist()  # top-k respected
             seq.append(tok)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-46])  # 1e-46: 0 in fp32, as 1 / 1e-40 is inf (CUDA's division)
+def test_tiny_temperature_samples_the_greedy_tokens(pair, temperature):
+    _, m = pair
+    greedy = M.generate(m, PROMPTS, 8, temperature=0)
+    out = M.generate(m, PROMPTS, 8, temperature=temperature, seed=0)
+    assert out.tokens == greedy.tokens
+    assert all(abs(lp) <= 1e-6 for row in out.logprobs for lp in row)  # all the mass on the top token
 
 
 def test_eos_stops_rows_independently_and_early(pair):
@@ -392,12 +422,16 @@ def test_bad_input_errors(tmp_path, pair):
             M.generate(m, [[1, 2]], 4, temperature=bad)
     with pytest.raises(ValueError, match="dtype must be a floating-point"):
         M.Transformer.from_pretrained(tmp_path, dtype=torch.int8)
+    with pytest.raises(ValueError, match="got 'bf16'"):
+        M.Transformer.from_pretrained(tmp_path, dtype="bf16")
     with pytest.raises(ValueError, match="eos_id must be a token id or a list of them"):
         M.generate(m, [[1, 2]], 4, eos_id=2.0)
     import numpy as np
     ref = M.generate(m, [[1, 2]], 4, temperature=0, eos_id=5).tokens
     for eos in (np.int64(5), torch.tensor(5), (5,), [np.int32(5)]):
         assert M.generate(m, [[1, 2]], 4, temperature=0, eos_id=eos).tokens == ref
+    free = M.generate(m, [[1, 2]], 4, temperature=0).tokens
+    assert M.generate(m, [[1, 2]], 4, temperature=0, eos_id=[]).tokens == free  # an empty list: no EOS id
 
 
 def test_quantized_checkpoint_is_refused(tmp_path):
@@ -425,6 +459,8 @@ def test_quantized_checkpoint_is_refused(tmp_path):
     ({"rope_theta": "1e6", "rope_parameters": None}, "rope_theta: expected a positive number"),
     ({"rope_parameters": {"rope_type": "default", "rope_theta": None}}, "rope_theta: expected a positive number"),
     ({"architectures": ["Qwen2ForSequenceClassification"]}, "architectures"),
+    ({"max_position_embeddings": None}, "max_position_embeddings: expected a positive integer, got None"),
+    ({"max_position_embeddings": 2048.5}, "max_position_embeddings: expected a positive integer, got 2048.5"),
 ])
 def test_unsupported_config(tmp_path, patch, message):
     hf_model(tmp_path)
@@ -451,6 +487,33 @@ def test_missing_unexpected_misshaped_tensors(tmp_path):
     assert "missing 2: model.layers.0.self_attn.k_proj.bias, model.layers.1.mlp.up_proj.weight" in msg
     assert "unexpected 1: model.extra.weight" in msg
     assert "model.layers.0.self_attn.k_proj.bias: (7,)" in msg and "expected (32,)" in msg
+
+
+@pytest.mark.parametrize("shard,file,text,message", [
+    (True, "model.safetensors.index.json", '{"metadata": {}}', r"index.json: weight_map: expected an object"),
+    (True, "model.safetensors.index.json", '{"weight_map": ["model.safetensors"]}', r"index.json: weight_map"),
+    (True, "model.safetensors.index.json", "{oops", r"index.json: not valid JSON"),
+    (False, "config.json", "[]", r"config.json: expected a JSON object at the top level, got list"),
+])
+def test_malformed_json_files(tmp_path, shard, file, text, message):
+    hf_model(tmp_path, shard=shard)
+    (tmp_path / file).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        M.Transformer.from_pretrained(tmp_path)
+
+
+def test_tensor_bytes_must_match_its_shape(tmp_path):
+    hf_model(tmp_path)
+    f = tmp_path / "model.safetensors"
+    raw = f.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["model.norm.weight"]["data_offsets"][1] -= 4  # one float short
+    hb = json.dumps(header).encode()
+    f.write_bytes(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor model.norm.weight spans .* \(252 bytes\), "
+                                         r"but its shape \[64\] of F32 takes 256 bytes"):
+        M.Transformer.from_pretrained(tmp_path)
 
 
 def test_missing_shard_and_weights(tmp_path):
