@@ -59,7 +59,7 @@ def sync(device):
 
 def shape_of(case_shape):
     return case_shape if case_shape is not None else \
-        {k: v for k, v in train.demo_model_args(512).__dict__.items() if k not in ("eos_id", "bos_id", "max_seq_len")}
+        {k: v for k, v in train.demo_model_args(512).__dict__.items() if k not in ("eos_id", "eos_ids", "bos_id", "max_seq_len")}
 
 
 def random_model(shape, dtype, device, seed=0, max_seq_len=4096):
@@ -250,7 +250,7 @@ def bench_train(device, shape, cfg: train.Config, steps, log=print):
         batch = [items[(step * cfg.prompts_per_step + i) % len(items)] for i in range(cfg.prompts_per_step)]
         timers = {}
         t0 = time.perf_counter()
-        metrics, _ = train.rl_step(cfg, policy, policy, ref, rollout_lm, opt, tokenizer, batch, step, 0, 0,
+        metrics, _ = train.rl_step(cfg, policy, policy, ref, rollout_lm, opt, tokenizer, batch, step, 0, [0],
                                      device, timers)
         sync(device)
         total = time.perf_counter() - t0

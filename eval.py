@@ -10,13 +10,17 @@ compare two evaluations on their shared items; turn a training run's logs into p
 CKPT is a Hugging Face model folder (config.json, model.safetensors, tokenizer.json), a run checkpoint
 (checkpoints/step_XXXXXX, holding model/) or a run folder (its latest checkpoint is used).
 
-DIR/results.json holds, for each data file (under its file name without extension) and for all of them together
+DIR/results.json holds, for each data file (under its file name without extension; folder/name where two files share
+a name) and for all of them together
 (under "all"): n (items), accuracy, bootstrap_std and ci95 (of the accuracy, items resampled), format_rate,
 mean_response_tokens (EOS included; with --stop, the reply up to the stop text), mean_think_words, patterns (share
 of each verifier.PATTERNS label), by_source ({source: {n, accuracy}}), dropped (prompts too long for the context)
 and, with --samples k > 1, pass_at_k (an item counts if any of its k replies is right) and majority_accuracy (the
 most frequent answer letter of the k replies; ties go to the letter given first; no letter at all is wrong);
-accuracy is then the mean over all k * n replies. DIR/items.jsonl holds one record per (item, sample).
+accuracy is then the mean over all k * n replies. DIR/items.jsonl holds one record per (item, sample): the prompt, the
+reply, the verdict, gold and options. `response` leaves out what the template pre-fills (it ends the prompt), so
+the reply is rescored as verifier.score(data.response_prefix(template) + response, gold, options).
+A model folder that names no end-of-text token gets a warning, and its replies run to --max-new-tokens.
 """
 
 import argparse
@@ -39,8 +43,9 @@ import verifier
 
 @torch.no_grad()
 def answer_items(lm, tokenizer, items, template, max_new_tokens, batch_size=64, temperature=0.0, samples=1,
-                 seed=0, eos_id=None, progress=False, strict=False, min_think_words=0, stop=None):
+                 seed=0, eos_ids=(), progress=False, strict=False, min_think_words=0, stop=None):
     """Generates `samples` replies per item and scores each. Returns one record per (item, sample), in item order.
+    `eos_ids`: the tokens that end a reply (model.args.eos_ids); none: replies run to max_new_tokens.
     `stop`: each reply ends after the first occurrence of this text (kept), as if the model had stopped there; the
     sampler stops such a row within a few tokens instead of writing on to EOS or max_new_tokens."""
     prefix = data.response_prefix(template)
@@ -52,11 +57,11 @@ def answer_items(lm, tokenizer, items, template, max_new_tokens, batch_size=64, 
     bar = tqdm(total=len(jobs), desc="answering", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
-        out = M.generate(lm, [ids[i] for i, _ in chunk], max_new_tokens, temperature=temperature, eos_id=eos_id,
+        out = M.generate(lm, [ids[i] for i, _ in chunk], max_new_tokens, temperature=temperature, eos_id=list(eos_ids),
                          seed=seed + start, stop=stopped)
         for (i, s), toks in zip(chunk, out.tokens):
             it = items[i]
-            body = toks[:-1] if eos_id is not None and toks and toks[-1] == eos_id else toks
+            body = toks[:-1] if toks and toks[-1] in eos_ids else toks
             response = tokenizer.decode(body, skip_special_tokens=False)
             if stop and stop in response:
                 response = response[:response.index(stop) + len(stop)]
@@ -65,7 +70,7 @@ def answer_items(lm, tokenizer, items, template, max_new_tokens, batch_size=64, 
                                 min_think_words=min_think_words)
             records.append(dict(
                 id=it.id, source=it.source, sample=s, prompt=prompts[i], response=response, pred=sc.pred,
-                gold=it.answer, reward=sc.reward, format_ok=sc.format_ok, correct=sc.correct,
+                gold=it.answer, options=it.options, reward=sc.reward, format_ok=sc.format_ok, correct=sc.correct,
                 pattern=verifier.pattern(prefix + response, it.options), response_tokens=len(toks),
                 think_words=sc.think_words,
             ))
@@ -186,8 +191,10 @@ def find_model(path):
 
 
 def file_names(paths):
-    """results.json keys: each file's name without extension; they must be distinct and not a reserved key."""
-    names = [Path(p).stem for p in paths]
+    """results.json keys: each file's name without extension, or with its folder where two files share a name
+    (medqa/test, mmlu/test); they must be distinct and not a reserved key."""
+    stems = [Path(p).stem for p in paths]
+    names = [s if stems.count(s) == 1 else f"{Path(p).parent.name}/{s}" for s, p in zip(stems, paths)]
     for name, p in zip(names, paths):
         if name in ("all", "model", "template", "settings"):
             fail(f"--data {p}: its name {name!r} is a results.json key; rename or symlink the file")
@@ -206,15 +213,30 @@ def check_template_fits(template, tokenizer, model_dir):
                  "have (not a chat model's tokenizer); use --template base, direct or cot")
 
 
-def load_files(paths, names, fmt, limit, tokenizer, template, max_prompt_len, vocab_size):
-    """[(name, item, prompt length)] over all files in order, and {name: prompts dropped as too long}."""
-    todo, dropped = [], {}
-    for path, name in zip(paths, names):
+def read_files(paths, fmt, limit):
+    """The items of each file (its first `limit`), read before the model is loaded so that bad data fails fast."""
+    files = []
+    for path in paths:
         try:
             items = data.load_mcqa(path, fmt)
         except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError; its message is file:line: field
             fail(str(e))
-        items = items[:limit] if limit else items
+        files.append(items[:limit] if limit else items)
+    return files
+
+
+def default_reply_length(files, tokenizer, template, context):
+    """512 new tokens, or what the context leaves after the longest prompt if that is less (but at least a quarter of
+    the context: longer prompts are then dropped, and counted)."""
+    prompts = [data.render(it, template) for items in files for it in items]
+    longest = max(len(e.ids) for e in tokenizer.encode_batch(prompts, add_special_tokens=False))
+    return min(512, max(context - longest, context // 4))
+
+
+def encode_files(paths, names, files, tokenizer, template, max_prompt_len, vocab_size):
+    """[(name, item, prompt length)] over all files in order, and {name: prompts dropped as too long}."""
+    todo, dropped = [], {}
+    for path, name, items in zip(paths, names, files):
         kept, ids = data.encode_prompts(items, tokenizer, template, max_prompt_len, where=f"{path}: ")
         top = max((max(i) for i in ids), default=0)
         if top >= vocab_size:
@@ -228,6 +250,21 @@ def load_files(paths, names, fmt, limit, tokenizer, template, max_prompt_len, vo
     return todo, dropped
 
 
+def write_outputs(out, records, results):
+    """items.jsonl, then results.json, each written whole under a temporary name and renamed. An earlier run's
+    results.json goes first: a run killed midway leaves no results.json beside another run's items."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").unlink(missing_ok=True)
+    tmp = out / "items.jsonl.tmp"
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    tmp.replace(out / "items.jsonl")
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out / "results.json")
+
+
 def parse_eval_args(argv):
     ap = argparse.ArgumentParser(description="Evaluate a model on MCQA files (see the docstring of eval.py).")
     ap.add_argument("--model", required=True, help="HF model folder, run checkpoint or run folder")
@@ -235,7 +272,9 @@ def parse_eval_args(argv):
     ap.add_argument("--template", required=True, choices=data.TEMPLATES)
     ap.add_argument("--out", required=True, help="folder for results.json and items.jsonl")
     ap.add_argument("--fmt", choices=data.FORMATS, default=None, help="data format (default: detected per file)")
-    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help="reply length limit (default: 512, or what the model's context leaves after the longest "
+                         "prompt if that is less, but at least a quarter of the context)")
     ap.add_argument("--batch-size", type=int, default=64, help="replies generated together, per rank")
     ap.add_argument("--samples", type=int, default=1, help="replies per item (k > 1: pass@k and majority vote)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -249,7 +288,7 @@ def parse_eval_args(argv):
                          "after answering (the verifier scores text after </answer> as a format failure)")
     args = ap.parse_args(argv)
     for name in ("max_new_tokens", "batch_size", "samples"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             fail(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be >= 1, got {args.limit}")
@@ -300,6 +339,7 @@ def evaluate(argv):
     nearest = next(p for p in (out, *out.parents) if p.exists())
     if not nearest.is_dir() or not os.access(nearest, os.W_OK):
         fail(f"--out {out}: {nearest} is not a writable folder")
+    files = read_files(args.data, args.fmt, args.limit)
     rank, world, device = setup_distributed()
     try:
         tokenizer = M.load_tokenizer(model_dir)
@@ -307,21 +347,24 @@ def evaluate(argv):
                                            dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     except (FileNotFoundError, ValueError) as e:
         fail(str(e))
-    if lm.args.eos_id is None:
-        fail(f"{model_dir}/config.json has no eos_token_id; the sampler needs one to stop replies")
+    if not lm.args.eos_ids and rank == 0:
+        print(f"warning: {model_dir} names no end-of-text token (eos_token_id in config.json or "
+              "generation_config.json, eos_token in tokenizer_config.json): every reply runs to --max-new-tokens; "
+              "--stop '</answer>' ends them at the answer", file=sys.stderr)
     check_template_fits(args.template, tokenizer, model_dir)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = default_reply_length(files, tokenizer, args.template, lm.args.max_seq_len)
     max_prompt_len = lm.args.max_seq_len - args.max_new_tokens
     if max_prompt_len < 1:
         fail(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's context of "
              f"{lm.args.max_seq_len} tokens")
-    todo, dropped = load_files(args.data, names, args.fmt, args.limit, tokenizer, args.template, max_prompt_len,
-                               lm.args.vocab_size)
+    todo, dropped = encode_files(args.data, names, files, tokenizer, args.template, max_prompt_len, lm.args.vocab_size)
 
     # each rank answers every world-th item, shortest prompts first so that a batch wastes little on padding
     mine = sorted(data.shard(range(len(todo)), rank, world), key=lambda i: todo[i][2])
     recs = answer_items(lm, tokenizer, [todo[i][1] for i in mine], args.template, args.max_new_tokens,
                         batch_size=args.batch_size, temperature=args.temperature, samples=args.samples,
-                        seed=args.seed + rank * 1_000_003, eos_id=lm.args.eos_id, progress=rank == 0,
+                        seed=args.seed + rank * 1_000_003, eos_ids=lm.args.eos_ids, progress=rank == 0,
                         strict=args.strict, min_think_words=args.min_think_words, stop=args.stop)
     indexed = [(mine[j // args.samples], r) for j, r in enumerate(recs)]
     if world > 1:
@@ -342,11 +385,7 @@ def evaluate(argv):
         group = [r for r in records if name in ("all", r["file"])]
         results[name] = summarize(group, args.samples, args.bootstrap, args.seed)
         results[name]["dropped"] = sum(dropped.values()) if name == "all" else dropped[name]
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "items.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_outputs(out, records, results)
     print(f"model {model_dir}, template {args.template}, {args.samples} sample(s) per item, "
           f"temperature {args.temperature}")
     print(table(results, names, args.samples))

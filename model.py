@@ -14,7 +14,7 @@ import json
 import math
 import numbers
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,13 +37,17 @@ class ModelArgs:
     rope_theta: float = 1e6
     tie_embeddings: bool = True
     max_seq_len: int = 2048
-    eos_id: int | None = None  # the end-of-text token (a config that lists several gives its first)
+    eos_id: int | None = None  # the end-of-text token (ends SFT targets, pads batches)
     bos_id: int | None = None
     head_dim: int | None = None  # per attention head; None: dim // n_heads, as in every Qwen2.5 checkpoint
+    eos_ids: tuple[int, ...] = ()  # every token that ends a reply, eos_id first (instruct models list two)
 
     def __post_init__(self):
         if self.head_dim is None:
             self.head_dim = self.dim // self.n_heads
+        self.eos_ids = tuple(dict.fromkeys(([] if self.eos_id is None else [self.eos_id]) + list(self.eos_ids)))
+        if self.eos_id is None and self.eos_ids:
+            self.eos_id = self.eos_ids[0]
 
     @classmethod
     def from_hf_config(cls, cfg: dict, where: str = "config.json") -> "ModelArgs":
@@ -98,16 +102,13 @@ class ModelArgs:
         max_pos = cfg.get("max_position_embeddings", 32768)
         if not isinstance(max_pos, int) or max_pos <= 0:
             fail(f"max_position_embeddings: expected a positive integer, got {max_pos!r}")
-        eos = cfg.get("eos_token_id")
-        if isinstance(eos, list):  # some configs list several; the first is the end-of-text token
-            eos = eos[0] if eos else None
+        eos = token_ids(cfg.get("eos_token_id"), "eos_token_id", fail)
         return cls(
             dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_kv,
             intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
             norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            max_seq_len=max_pos, eos_id=eos, bos_id=cfg.get("bos_token_id"),
-            head_dim=head_dim,
+            max_seq_len=max_pos, eos_ids=eos, bos_id=cfg.get("bos_token_id"), head_dim=head_dim,
         )
 
     def to_hf_config(self, dtype: torch.dtype = torch.float32) -> dict:
@@ -119,9 +120,17 @@ class ModelArgs:
             "intermediate_size": self.intermediate_size,
             "vocab_size": self.vocab_size, "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
             "tie_word_embeddings": self.tie_embeddings, "max_position_embeddings": self.max_seq_len,
-            "eos_token_id": self.eos_id, "bos_token_id": self.bos_id, "use_sliding_window": False,
+            "eos_token_id": list(self.eos_ids) if len(self.eos_ids) > 1 else self.eos_id, "bos_token_id": self.bos_id, "use_sliding_window": False,
             "attention_dropout": 0.0, "torch_dtype": str(dtype).removeprefix("torch."),
         }
+
+
+def token_ids(value, key, fail) -> tuple[int, ...]:
+    """A config's token id field (null, an id, or a list of ids, as eos_token_id may be) as a tuple."""
+    ids = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        fail(f"{key}: expected a token id or a list of them, got {value!r}")
+    return tuple(ids)
 
 
 # -----------------------------------------------------------------------------
@@ -354,16 +363,39 @@ class Transformer(nn.Module):
 # Loading and saving Hugging Face checkpoints
 
 
+def read_json(file: Path):
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
 def read_config(path) -> ModelArgs:
+    """config.json's ModelArgs. The reply-ending tokens also come, as transformers' generate takes them, from
+    generation_config.json (instruct models list <|im_end|> and <|endoftext|> there), and where neither file names one,
+    from the tokenizer's eos_token (tokenizer_config.json, looked up in tokenizer.json)."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file}: no such file (expected a Hugging Face model folder)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
-    return ModelArgs.from_hf_config(cfg, str(cfg_file))
+    args = ModelArgs.from_hf_config(read_json(cfg_file), str(cfg_file))
+    gen_file = path / "generation_config.json"
+    if gen_file.is_file():
+        gen = read_json(gen_file)
+
+        def fail(msg):
+            raise ValueError(f"{gen_file}: {msg}")
+        extra = token_ids(gen.get("eos_token_id") if isinstance(gen, dict) else None, "eos_token_id", fail)
+        args = replace(args, eos_ids=args.eos_ids + extra)
+    if not args.eos_ids and (path / "tokenizer_config.json").is_file() and (path / "tokenizer.json").is_file():
+        tok_cfg = read_json(path / "tokenizer_config.json")
+        eos = tok_cfg.get("eos_token") if isinstance(tok_cfg, dict) else None
+        eos = eos.get("content") if isinstance(eos, dict) else eos  # older files: {"content": "<|endoftext|>", ...}
+        tok = read_json(path / "tokenizer.json")
+        added = (tok.get("added_tokens") if isinstance(tok, dict) else None) or []
+        ids = [t["id"] for t in added if isinstance(t, dict) and t.get("content") == eos and eos]
+        args = replace(args, eos_ids=tuple(ids[:1]))
+    return args
 
 
 def shard_names(index: Path) -> list[str]:

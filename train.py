@@ -539,7 +539,7 @@ def draw_items(items, cursor, n, seed):
     return out
 
 
-def rollout(cfg, lm, tokenizer, items, step, rank, eos_id):
+def rollout(cfg, lm, tokenizer, items, step, rank, eos_ids):
     """Samples group_size replies per item (a prompt's samples are consecutive rows). Returns the items as asked
     (options shuffled if configured), prompt ids and response ids."""
     rng = random.Random(cfg.seed * 1_000_003 + step * 7919 + rank)
@@ -548,17 +548,17 @@ def rollout(cfg, lm, tokenizer, items, step, rank, eos_id):
     items = [it for it in items for _ in range(cfg.group_size)]
     prompts = [tokenizer.encode(data.render(it, cfg.template), add_special_tokens=False).ids for it in items]
     lm.eval()
-    out = M.generate(lm, prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, eos_id=eos_id,
+    out = M.generate(lm, prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, eos_id=eos_ids,
                      seed=rng.randrange(2**62))
     return items, prompts, out.tokens
 
 
-def score_rollouts(cfg, tokenizer, items, responses, eos_id):
+def score_rollouts(cfg, tokenizer, items, responses, eos_ids):
     """The verifier's verdict on each reply, with everything samples.jsonl and the metrics need."""
     prefix = data.response_prefix(cfg.template)
     records = []
     for it, toks in zip(items, responses):
-        body = toks[:-1] if toks and toks[-1] == eos_id else toks
+        body = toks[:-1] if toks and toks[-1] in eos_ids else toks
         text = tokenizer.decode(body, skip_special_tokens=False)
         s = verifier.score(prefix + text, it.answer, it.options, strict=cfg.strict, min_think_words=cfg.min_think_words)
         records.append(dict(prompt=data.render(it, cfg.template), response=text, gold=it.answer, pred=s.pred,
@@ -567,16 +567,16 @@ def score_rollouts(cfg, tokenizer, items, responses, eos_id):
     return records
 
 
-def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, step, rank, eos_id, device, timers):
+def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, step, rank, eos_ids, device, timers):
     lm = policy.lm
     t0 = time.perf_counter()
-    items, prompts, responses = rollout(cfg, rollout_lm, tokenizer, items, step, rank, eos_id)
+    items, prompts, responses = rollout(cfg, rollout_lm, tokenizer, items, step, rank, eos_ids)
     t1 = time.perf_counter()
-    records = score_rollouts(cfg, tokenizer, items, responses, eos_id)
+    records = score_rollouts(cfg, tokenizer, items, responses, eos_ids)
     scores = torch.tensor([r["reward"] for r in records], device=device)
     timers["generate"], timers["score"] = t1 - t0, time.perf_counter() - t1
     t1 = time.perf_counter()
-    tokens, pad, mask, P = pack(prompts, responses, eos_id)
+    tokens, pad, mask, P = pack(prompts, responses, eos_ids[0])
     tokens, pad, mask = tokens.to(device), pad.to(device), mask.to(device)
 
     # old log-probs and values (the policy that sampled), reference log-probs
@@ -769,10 +769,10 @@ def barrier(world):
         dist.barrier()
 
 
-def heldout_eval(cfg, lm, tokenizer, heldout, eos_id, rank, world, temperature):
+def heldout_eval(cfg, lm, tokenizer, heldout, eos_ids, rank, world, temperature):
     """Accuracy and format rate on the held-out items, each rank answering its shard."""
     recs = evaluation.answer_items(lm.eval(), tokenizer, data.shard(heldout, rank, world), cfg.template,
-                                   cfg.max_new_tokens, temperature=temperature, seed=cfg.seed, eos_id=eos_id,
+                                   cfg.max_new_tokens, temperature=temperature, seed=cfg.seed, eos_ids=eos_ids,
                                    strict=cfg.strict, min_think_words=cfg.min_think_words)
     if world > 1:
         gathered = [None] * world
@@ -812,9 +812,10 @@ def main(argv=None):
         lm = M.Transformer.from_pretrained(model_dir, device=device, dtype=torch.float32)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"--model {model_dir}: {e}") from None
-    eos_id = lm.args.eos_id
-    if eos_id is None:
-        raise SystemExit(f"{model_dir}/config.json has no eos_token_id; the sampler needs one to stop replies")
+    eos_ids = lm.args.eos_ids  # every token that ends a reply; the first also ends SFT targets and pads batches
+    if not eos_ids:
+        raise SystemExit(f"{model_dir}: no eos_token_id in config.json or generation_config.json, and no eos_token in "
+                         "tokenizer_config.json; training needs one to end replies")
     if resume is None and cfg.model is not None:
         write_config(cfg, run, rank, world)  # only now: a run that fails on its inputs leaves no folder behind
 
@@ -860,11 +861,11 @@ def main(argv=None):
         cursor += per_step
         timers = {}
         if cfg.algo == "sft":
-            metrics, records = sft_step(cfg, policy, ddp_policy, opt, tokenizer, batch, step, rank, eos_id, device,
+            metrics, records = sft_step(cfg, policy, ddp_policy, opt, tokenizer, batch, step, rank, eos_ids[0], device,
                                         timers)
         else:
             metrics, records = rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, batch, step, rank,
-                                       eos_id, device, timers)
+                                       eos_ids, device, timers)
         skipped = "all" if metrics is None else metrics["skipped_updates"]
         if skipped:
             bad += 1
@@ -909,10 +910,10 @@ def main(argv=None):
     final = dict(steps=cfg.steps, seconds=time.time() - t_start, algo=cfg.algo)
     if heldout:
         sync_rollout(policy, rollout_lm)
-        greedy = heldout_eval(cfg, rollout_lm, tokenizer, heldout, eos_id, rank, world, temperature=0.0)
+        greedy = heldout_eval(cfg, rollout_lm, tokenizer, heldout, eos_ids, rank, world, temperature=0.0)
         final.update(heldout_n=greedy["n"], heldout_accuracy=greedy["accuracy"], heldout_format_rate=greedy["format_rate"])
         if cfg.algo != "sft":  # RL trains the sampling policy: report it too, at the rollout temperature
-            sampled = heldout_eval(cfg, rollout_lm, tokenizer, heldout, eos_id, rank, world,
+            sampled = heldout_eval(cfg, rollout_lm, tokenizer, heldout, eos_ids, rank, world,
                                    temperature=cfg.temperature)
             final.update(heldout_sampled_accuracy=sampled["accuracy"], heldout_sampled_format_rate=sampled["format_rate"])
     final["last"] = last

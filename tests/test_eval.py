@@ -162,7 +162,7 @@ def test_stop_in_the_sampler_changes_no_reply(demo_model, monkeypatch):
     full-length generation (same seed, sampling at T=1)."""
     lm, tok = M.Transformer.from_pretrained(demo_model), M.load_tokenizer(demo_model)
     items = data.synthetic_task(16, 0, seed=0)[0][:8]
-    kw = dict(temperature=1.0, samples=2, eos_id=lm.args.eos_id)
+    kw = dict(temperature=1.0, samples=2, eos_ids=lm.args.eos_ids)
     stop = "e"  # this random model rarely writes "</answer>"; a common letter ends replies at varied lengths
     with_stop = E.answer_items(lm, tok, items, "base", 48, stop=stop, **kw)
     real = M.generate
@@ -311,6 +311,53 @@ def test_several_files_and_dropped_prompts(demo_model, tmp_path, capsys):
     assert any(line.startswith("patterns (all): format_failure ") for line in printed)
 
 
+def test_same_named_files_default_length_and_rescoring(demo_model, tmp_path):
+    """Files that share a name are keyed by folder/name; with no --max-new-tokens, a short context leaves the replies
+    what the longest prompt leaves of it; items.jsonl rescores to its own verdicts with the template's pre-filled prefix and its options."""
+    train, _ = data.synthetic_task(16, 0, seed=3)
+    files = []
+    for d in ("medqa", "mmlu"):
+        (tmp_path / d).mkdir()
+        files.append(str(write_generic(tmp_path / d / "test.jsonl", train[:3])))
+    out = tmp_path / "out"
+    saved = E.main(["--model", str(demo_model), "--data", *files, "--template", "direct", "--out", str(out)])
+    tok = M.load_tokenizer(demo_model)
+    assert {"medqa/test", "mmlu/test", "all"} <= set(saved) and saved["all"]["n"] == 6
+    longest = max(len(tok.encode(data.render(it, "direct"), add_special_tokens=False).ids) for it in train[:3])
+    assert saved["settings"]["max_new_tokens"] == 320 - longest < 512 and saved["all"]["dropped"] == 0
+    items = read_items(out)
+    assert [x["file"] for x in items] == ["medqa/test"] * 3 + ["mmlu/test"] * 3
+    for x in items:
+        s = verifier.score(data.response_prefix("direct") + x["response"], x["gold"], x["options"])
+        assert (s.reward, s.pred, s.format_ok) == (x["reward"], x["pred"], x["format_ok"])
+
+
+def test_eos_ids_end_replies_and_are_not_scored(demo_model, monkeypatch):
+    """Any of the model's EOS ids ends a reply (the sampler is given them all) and is left out of the scored text."""
+    tok = M.load_tokenizer(demo_model)
+    item = data.synthetic_task(16, 0, seed=0)[0][0]
+    ids = tok.encode("<think>x</think><answer>" + item.answer + "</answer>", add_special_tokens=False).ids
+    given = []
+    monkeypatch.setattr(M, "generate", lambda lm, prompts, *a, **k: given.append(k["eos_id"]) or M.Generation(
+        [ids + [7]] * len(prompts), [[0.0] * (len(ids) + 1)] * len(prompts)))
+    r = E.answer_items(None, tok, [item], "base", 64, eos_ids=(5, 7))[0]
+    assert given == [[5, 7]] and r["reward"] == 1 and r["response_tokens"] == len(ids) + 1
+
+
+def test_interrupted_write_leaves_no_stale_results(tmp_path):
+    """results.json is written last and whole; an earlier run's goes before this run's items.jsonl is written, so a
+    kill midway never leaves one run's results.json beside another run's items."""
+    out = tmp_path / "out"
+    E.write_outputs(out, [dict(id="1")], dict(run="old"))
+    assert json.loads((out / "results.json").read_text()) == dict(run="old")
+    with pytest.raises(TypeError):  # stands in for a kill while items.jsonl is being written
+        E.write_outputs(out, [dict(id="1"), dict(id=object())], dict(run="new"))
+    assert not (out / "results.json").exists() and read_items(out) == [dict(id="1")]
+    E.write_outputs(out, [dict(id="2")], dict(run="new"))
+    assert json.loads((out / "results.json").read_text()) == dict(run="new") and read_items(out) == [dict(id="2")]
+    assert sorted(p.name for p in out.iterdir()) == ["items.jsonl", "results.json"]  # no temporary file left
+
+
 def test_torchrun_matches_one_process(demo_model, tmp_path):
     train, _ = data.synthetic_task(24, 0, seed=2)
     f = write_generic(tmp_path / "items.jsonl", train[:11])
@@ -366,10 +413,16 @@ def test_bad_input_messages(demo_model, tmp_path):
         E.main(["--model", str(demo_model), "--data", str(long), *common])
     with pytest.raises(SystemExit, match="needs --temperature > 0"):
         E.main(["--model", str(demo_model), "--data", str(good), *common, "--samples", "4"])
-    (tmp_path / "sub").mkdir()
-    twin = shutil.copy(good, tmp_path / "sub" / "good.jsonl")
-    with pytest.raises(SystemExit, match="share the name 'good'"):
-        E.main(["--model", str(demo_model), "--data", str(good), str(twin), *common])
+    twins = []  # two files that share their name and their folder's name
+    for d in ("a", "b"):
+        (tmp_path / d / "same").mkdir(parents=True)
+        twins.append(str(shutil.copy(good, tmp_path / d / "same" / "good.jsonl")))
+    with pytest.raises(SystemExit, match="share the name 'same/good'"):
+        E.main(["--model", str(demo_model), "--data", *twins, *common])
+    # the data is read before the model is loaded: its error comes first, whatever else is wrong
+    with pytest.raises(SystemExit, match=f"{yn}:1: options"):
+        E.main(["--model", str(demo_model), "--data", str(yn), "--template", "base", "--out", str(tmp_path / "out"),
+                "--max-new-tokens", "4000"])
     assert not (tmp_path / "out").exists()
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(SystemExit, match="is not a writable folder"):  # before any item is answered

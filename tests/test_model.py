@@ -85,6 +85,37 @@ def test_explicit_head_dim_matches_transformers(tmp_path):
     assert g.tokens == ref[:, 8:].tolist()
 
 
+def test_reply_ending_tokens(tmp_path):
+    """Every EOS id ends a reply: config.json's list, then generation_config.json's (transformers' generate reads it;
+    instruct models list <|im_end|> and <|endoftext|> there), else the tokenizer's eos_token. They survive a save."""
+    hf_model(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "eos_token_id": [5, 3]}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 5]}))
+    m = M.Transformer.from_pretrained(tmp_path)
+    assert (m.args.eos_id, m.args.eos_ids) == (5, (5, 3, 7))
+    M.save_pretrained(m, tmp_path / "saved")
+    assert M.read_config(tmp_path / "saved").eos_ids == (5, 3, 7)
+    # a row stops at whichever of them it samples: the greedy token after [11] of a model that always predicts 7
+    with torch.no_grad():
+        m.lm_head.weight.zero_()
+        m.lm_head.weight[7] = 1.0
+        m.model.norm.weight.fill_(1.0)
+    assert M.generate(m, [[11]], 5, temperature=0, eos_id=m.args.eos_ids).tokens == [[7]]
+
+    (tmp_path / "generation_config.json").unlink()
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "eos_token_id"}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"added_tokens": [{"id": 9, "content": "<|im_end|>"},
+                                                                          {"id": 12, "content": "<|endoftext|>"}]}))
+    assert M.read_config(tmp_path).eos_ids == (12,)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": None}))
+    assert M.read_config(tmp_path).eos_ids == () and M.read_config(tmp_path).eos_id is None
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "<|endoftext|>"}))
+    with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id: expected a token id"):
+        M.read_config(tmp_path)
+
+
 @pytest.mark.parametrize("patch", [
     {"hidden_act": "swish"},  # transformers' name for the same SiLU
     {"rope_scaling": {"rope_type": "default"}},
@@ -97,6 +128,8 @@ def test_configs_transformers_reads_as_the_plain_model(tmp_path, patch):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg.update(patch)
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+    if patch.get("eos_token_id") == []:
+        (tmp_path / "generation_config.json").unlink()  # which would name transformers' EOS, 3
     m = M.Transformer.from_pretrained(tmp_path)
     assert m.args.eos_id == (None if patch.get("eos_token_id") == [] else 3)
     hf2 = Qwen2ForCausalLM.from_pretrained(tmp_path).eval()
