@@ -59,7 +59,8 @@ def sync(device):
 
 def shape_of(case_shape):
     return case_shape if case_shape is not None else \
-        {k: v for k, v in train.demo_model_args(512).__dict__.items() if k not in ("eos_id", "eos_ids", "bos_id", "max_seq_len")}
+        {k: v for k, v in train.demo_model_args(512).__dict__.items()
+         if k not in ("eos_id", "eos_ids", "bos_id", "max_seq_len")}
 
 
 def random_model(shape, dtype, device, seed=0, max_seq_len=4096):
@@ -470,7 +471,8 @@ def gpu_suite(dry_run: bool, log_dir: Path, sections=SECTIONS):
             gc.collect()  # the failed attempt's tensors, before the next one allocates
             torch.cuda.empty_cache()
         else:
-            return f"PPO step {full}x{cfg.max_new_tokens}: out of memory, down to {prompts} prompts, micro-batch 1", False
+            return (f"PPO step {full}x{cfg.max_new_tokens}: out of memory, down to {prompts} prompts, micro-batch 1",
+                    False)
         return (f"PPO step {prompts}x{cfg.max_new_tokens} (micro-batch {micro}): {r['seconds']:.1f}s (generate "
                 f"{r['s_generate']:.1f}, reference {r['s_reference']:.1f}, train {r['s_train']:.1f}); peak "
                 f"{r.get('peak_mem_gb', float('nan')):.1f} GB; MFU {r.get('train_mfu', float('nan')):.1%}"), \
@@ -516,7 +518,8 @@ def main():
     ap.add_argument("--gpu-suite", action="store_true", help="everything that needs a GPU, in one call")
     ap.add_argument("--dry-run", action="store_true", help="with --gpu-suite: tiny shapes on CPU, to catch mistakes")
     ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"with --gpu-suite: which to run, comma-separated, of {','.join(SECTIONS)} (a rerun after a fix)")
+                    help=f"with --gpu-suite: which to run, comma-separated, of {','.join(SECTIONS)} "
+                         "(a rerun after a fix)")
     ap.add_argument("--log-dir", default=os.environ.get("OUT", "bench_out"))
     a = ap.parse_args()
     if a.gpu_suite:

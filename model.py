@@ -120,8 +120,8 @@ class ModelArgs:
             "intermediate_size": self.intermediate_size,
             "vocab_size": self.vocab_size, "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_theta,
             "tie_word_embeddings": self.tie_embeddings, "max_position_embeddings": self.max_seq_len,
-            "eos_token_id": list(self.eos_ids) if len(self.eos_ids) > 1 else self.eos_id, "bos_token_id": self.bos_id, "use_sliding_window": False,
-            "attention_dropout": 0.0, "torch_dtype": str(dtype).removeprefix("torch."),
+            "eos_token_id": list(self.eos_ids) if len(self.eos_ids) > 1 else self.eos_id, "bos_token_id": self.bos_id,
+            "use_sliding_window": False, "attention_dropout": 0.0, "torch_dtype": str(dtype).removeprefix("torch."),
         }
 
 
@@ -371,39 +371,38 @@ def read_json(file: Path):
 
 
 def read_config(path) -> ModelArgs:
-    """config.json's ModelArgs. The reply-ending tokens also come, as transformers' generate takes them, from
-    generation_config.json (instruct models list <|im_end|> and <|endoftext|> there), and where neither file names one,
-    from the tokenizer's eos_token (tokenizer_config.json, looked up in tokenizer.json)."""
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file}: no such file (expected a Hugging Face model folder)")
     args = ModelArgs.from_hf_config(read_json(cfg_file), str(cfg_file))
-    gen_file = path / "generation_config.json"
+    return replace(args, eos_ids=reply_end_ids(path, args.eos_ids))
+
+
+def reply_end_ids(path: Path, known) -> tuple[int, ...]:
+    """The tokens that end a reply: config.json's (`known`), then generation_config.json's, which transformers'
+    generate uses (instruct models list <|im_end|> and <|endoftext|> there); where neither names one, the tokenizer's
+    eos_token."""
+    gen_file, tok_cfg_file, tok_file = (path / f for f in ("generation_config.json", "tokenizer_config.json",
+                                                           "tokenizer.json"))
     if gen_file.is_file():
         gen = read_json(gen_file)
 
         def fail(msg):
             raise ValueError(f"{gen_file}: {msg}")
-        extra = token_ids(gen.get("eos_token_id") if isinstance(gen, dict) else None, "eos_token_id", fail)
-        args = replace(args, eos_ids=args.eos_ids + extra)
-    if not args.eos_ids and (path / "tokenizer_config.json").is_file() and (path / "tokenizer.json").is_file():
-        tok_cfg = read_json(path / "tokenizer_config.json")
-        eos = tok_cfg.get("eos_token") if isinstance(tok_cfg, dict) else None
-        eos = eos.get("content") if isinstance(eos, dict) else eos  # older files: {"content": "<|endoftext|>", ...}
-        tok = read_json(path / "tokenizer.json")
-        added = (tok.get("added_tokens") if isinstance(tok, dict) else None) or []
-        ids = [t["id"] for t in added if isinstance(t, dict) and t.get("content") == eos and eos]
-        args = replace(args, eos_ids=tuple(ids[:1]))
-    return args
+        known += token_ids(gen.get("eos_token_id") if isinstance(gen, dict) else None, "eos_token_id", fail)
+    if known or not (tok_cfg_file.is_file() and tok_file.is_file()):
+        return known
+    tok_cfg, tok = read_json(tok_cfg_file), read_json(tok_file)
+    eos = tok_cfg.get("eos_token") if isinstance(tok_cfg, dict) else None
+    eos = eos.get("content") if isinstance(eos, dict) else eos  # older files: {"content": "<|endoftext|>", ...}
+    added = (tok.get("added_tokens") if isinstance(tok, dict) else None) or []
+    return tuple([t["id"] for t in added if isinstance(t, dict) and eos and t.get("content") == eos][:1])
 
 
 def shard_names(index: Path) -> list[str]:
     """The shard files that a model.safetensors.index.json lists."""
-    try:
-        content = json.loads(index.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{index}: not valid JSON ({e})") from None
+    content = read_json(index)
     weight_map = content.get("weight_map") if isinstance(content, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
         raise ValueError(f"{index}: weight_map: expected an object of tensor name -> shard file name, "

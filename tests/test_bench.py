@@ -92,8 +92,8 @@ def test_gpu_suite_section_failure_does_not_stop_the_rest(tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("fits_at", [(4, 2), (4, 1), (2, 1), None])
 def test_gpu_suite_ppo_falls_back_to_the_largest_step_that_fits(tmp_path, monkeypatch, fits_at):
-    """Out of memory, the PPO section retries with micro-batch 1, then half the prompts; it passes at the full number of prompts (a
-    micro-batch only splits the same work)."""
+    """Out of memory, the PPO section retries with micro-batch 1, then half the prompts; it passes at the full number
+    of prompts (a micro-batch only splits the same work)."""
     tried = []
 
     def fake_train(device, shape, cfg, steps, log):
