@@ -133,7 +133,7 @@ def token_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, 
     if (lengths == 0).any():
         row = int((lengths == 0).nonzero()[0])
         raise ValueError(f"token_rewards: row {row} has no real token to carry its score")
-    rewards = -kl_coef * kl(logp, ref_logp, kl_kind) * mask
+    rewards = torch.where(mask.bool(), -kl_coef * kl(logp, ref_logp, kl_kind), 0.0)  # (NaN * 0 is NaN)
     rows = torch.arange(mask.shape[0], device=mask.device)
     rewards[rows, lengths - 1] += scores.to(rewards.dtype)
     return rewards
@@ -153,9 +153,9 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     """
     _check_batch("gae", mask, rewards=rewards, values=values)
     # Zeroing padding makes "V after the last real token" 0 and keeps A at padding at 0, so the
-    # same recursion serves every row whatever its length.
-    rewards = rewards * mask
-    values = values * mask
+    # same recursion serves every row whatever its length. (where, not * mask: NaN * 0 is NaN.)
+    rewards = torch.where(mask.bool(), rewards, 0.0)
+    values = torch.where(mask.bool(), values, 0.0)
     B, T = mask.shape
     adv = torch.zeros_like(values)
     next_value = torch.zeros(B, dtype=values.dtype, device=values.device)

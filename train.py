@@ -180,7 +180,10 @@ def resume_config(run_dir, overrides) -> Config:
     f = Path(run_dir) / "config.json"
     if not f.is_file():
         raise SystemExit(f"--resume {run_dir}: no config.json there; not a med-rlvr run folder")
-    saved = json.loads(f.read_text())
+    try:
+        saved = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{f}: not valid JSON ({e}); not a config written by this train.py") from None
     known = {x.name for x in fields(Config)}
     if set(saved) != known:
         odd, lacking = sorted(set(saved) - known), sorted(known - set(saved))
@@ -227,10 +230,13 @@ def check_config(cfg: Config, world: int):
         fail("--train and --heldout need --model: without one, the demo trains its tiny model on its own synthetic "
              "task")
     if cfg.model is None:
+        if cfg.demo_n_heldout < 1:
+            fail(f"demo_n_heldout must be >= 1 (the demo ends on its held-out accuracy), got {cfg.demo_n_heldout}")
         try:
             data.synthetic_task(cfg.demo_n_train, cfg.demo_n_heldout, cfg.seed)
         except ValueError as e:
             fail(f"demo task: {e}")
+        check_context(cfg, demo_model_args(0).max_seq_len, "the demo model")
     if cfg.fsdp and world < 2:
         fail("fsdp shards over ranks: run it under torchrun with --nproc_per_node >= 2")
     if cfg.kl_kind not in ("k1", "k2", "k3"):
@@ -616,6 +622,8 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
             vl, vst = ppo.value_loss(values, old_values[idx], returns[idx], m, cfg.value_clip, cfg.loss_agg)
             loss = loss + cfg.vf_coef * vl
             st.update(value_loss=vl.item(), vf_clipfrac=float(vst["vf_clipfrac"]))
+        else:  # no value head (grpo, rloo, reinforce++): the objective has no value term
+            st.update(value_loss=0.0)
         if cfg.entropy_coef:
             loss = loss - cfg.entropy_coef * ppo.aggregate(ent, m, cfg.loss_agg)
         if not cfg.kl_in_reward:
@@ -635,9 +643,10 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
         format_rate=float(np.mean([r["format_ok"] for r in records])), response_len=n_tok / len(records),
         think_words=float(np.mean([r["think_words"] for r in records])),
         kl=float(ppo.masked_mean(old_logp - ref_logp, mask)),
-        explained_variance=ppo.explained_variance(old_values, returns, mask) if cfg.algo == "gae" else 0.0,
         gen_tokens=n_tok,
     )
+    if cfg.algo == "gae":  # (no value head, nothing to explain)
+        metrics["explained_variance"] = ppo.explained_variance(old_values, returns, mask)
     for p in verifier.PATTERNS:
         metrics[f"pattern_{p}"] = float(np.mean([r["pattern"] == p for r in records]))
     return metrics, records
@@ -737,13 +746,29 @@ def load_items(files, tokenizer, cfg, what):
     return items
 
 
+def check_context(cfg: Config, context: int, what: str):
+    # prompts longer than max_prompt_len are dropped, so this is what every rollout fits in
+    if cfg.max_prompt_len + cfg.max_new_tokens > context:
+        raise SystemExit(f"config: max_prompt_len {cfg.max_prompt_len} + max_new_tokens {cfg.max_new_tokens} exceed "
+                         f"the context of {what} ({context} tokens); lower one of them")
+
+
+def is_run_config(file: Path):
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(saved, dict) and set(saved) == {f.name for f in fields(Config)}
+
+
 def check_run_folder(cfg: Config, resume):
     """Refuses a folder that holds something else; checked on every rank before any rank writes."""
     run = Path(cfg.out)
-    if run.exists() and not run.is_dir():
-        raise SystemExit(f"--out {run}: exists and is not a folder")
+    blocked = next((p for p in (run, *run.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise SystemExit(f"--out {run}: {blocked} exists and is not a folder")
     if resume is None and run.exists() and any(run.iterdir()):
-        if (run / "config.json").exists():
+        if is_run_config(run / "config.json"):
             raise SystemExit(f"{run} already holds a run: continue it with --resume {run}, or choose another --out")
         raise SystemExit(f"{run} exists, is not empty and is not a med-rlvr run folder; refusing to write into it")
     return run
@@ -816,6 +841,8 @@ def main(argv=None):
     if not eos_ids:
         raise SystemExit(f"{model_dir}: no eos_token_id in config.json or generation_config.json, and no eos_token in "
                          "tokenizer_config.json; training needs one to end replies")
+    if cfg.model is not None:
+        check_context(cfg, lm.args.max_seq_len, model_dir)
     if resume is None and cfg.model is not None:
         write_config(cfg, run, rank, world)  # only now: a run that fails on its inputs leaves no folder behind
 

@@ -94,6 +94,16 @@ def test_gae_gamma_lam_one_is_reward_to_go_minus_value():
     assert adv[0].tolist() == pytest.approx([5.5, 4.5, 2.5, 0.0])
 
 
+def test_padding_may_hold_anything():
+    """Whatever padding holds (NaN, inf: e.g. log-probs of pad tokens), gae and token_rewards read only real tokens."""
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    adv, ret = ppo.gae(torch.tensor([[1.0, 2.0, float("nan")]]), torch.tensor([[0.5, 0.5, float("inf")]]), mask, 1.0, 1.0)
+    assert adv.tolist() == [[2.5, 1.5, 0.0]] and ret.tolist() == [[3.0, 2.0, 0.0]]
+    r = ppo.token_rewards(torch.tensor([1.0]), torch.tensor([[-1.0, -1.0, float("nan")]]),
+                          torch.tensor([[-1.0, -1.0, float("-inf")]]), mask, kl_coef=0.1)
+    assert r.tolist() == [[0.0, 1.0, 0.0]]
+
+
 # -----------------------------------------------------------------------------
 # KL and token rewards
 

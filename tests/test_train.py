@@ -2,6 +2,7 @@
 non-finite steps, and clear errors on bad input. One warmed-up base model is built once and shared."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -42,13 +43,16 @@ def weights(ckpt):
     return load_file(ckpt / "model" / "model.safetensors")
 
 
+REQUIRED_METRICS = ("step", "reward_mean", "accuracy", "format_rate", "response_len", "kl", "entropy", "policy_loss",
+                    "value_loss", "clipfrac", "grad_norm", "lr", "tokens_per_s", "time_generate", "time_score",
+                    "time_reference", "time_train")
+
+
 def test_demo_run_folder(base):
     assert json.loads((base / "config.json").read_text())["steps"] == 1
     m = metrics(base)
     assert len(m) == 1
-    for key in ("step", "reward_mean", "accuracy", "format_rate", "response_len", "kl", "entropy", "policy_loss",
-                "value_loss", "clipfrac", "grad_norm", "lr", "tokens_per_s", "time_generate", "time_score",
-                "time_reference", "time_train"):
+    for key in REQUIRED_METRICS:
         assert key in m[0], key
     final = json.loads((base / "final.json").read_text())
     assert {"heldout_accuracy", "heldout_format_rate", "seconds"} <= set(final)
@@ -65,6 +69,11 @@ def test_rl_raises_reward(base, tmp_path, algo, steps):
     train.main(real_run(base, "--out", str(run), "--algo", algo, "--steps", str(steps), "--lr", "3e-4"))
     r = [m["reward_mean"] for m in metrics(run)]  # step 1's rollouts come from the untrained policy
     assert np.mean(r[-4:]) > r[0] + 0.15, r
+    # every line carries every metric the spec lists; without a value head the value loss is 0, not absent
+    for m in metrics(run):
+        assert all(math.isfinite(m[k]) for k in REQUIRED_METRICS), m
+        assert m["reward_mean"] == pytest.approx(m["accuracy"] - (1 - m["format_rate"]))
+        assert (m["value_loss"] == 0.0) == (algo != "gae") and ("explained_variance" in m) == (algo == "gae")
 
 
 def test_resume_is_exact(base, tmp_path):
@@ -292,6 +301,14 @@ def test_refuses_foreign_or_existing_folder(base, tmp_path):
         train.main(real_run(base, "--out", str(base)))
     with pytest.raises(SystemExit, match="no config.json there"):
         train.main(["--resume", str(foreign)])
+    # a Hugging Face model folder has a config.json too, but not ours
+    with pytest.raises(SystemExit, match="not a med-rlvr run folder"):
+        train.main(real_run(base, "--out", str(base / "base")))
+    (foreign / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="config.json: not valid JSON"):
+        train.main(["--resume", str(foreign)])
+    with pytest.raises(SystemExit, match="notes.txt exists and is not a folder"):
+        train.main(real_run(base, "--out", str(foreign / "notes.txt" / "run")))
 
 
 def test_resume_config_mismatch(base, tmp_path):
@@ -381,6 +398,14 @@ def test_empty_dataset_and_indivisible_batch(base, tmp_path):
             with pytest.raises(SystemExit, match=message):
                 train.main(real_run(base, "--out", str(tmp_path / "v"), "--device", device))
     assert not any((tmp_path / n).exists() for n in "tv")
+    # rollouts that cannot fit the context are refused before anything is written (demo and real run)
+    with pytest.raises(SystemExit, match=r"max_new_tokens 400 exceed the context of the demo model \(512"):
+        train.main(["--out", str(tmp_path / "c"), "--max-new-tokens", "400"])
+    with pytest.raises(SystemExit, match="max_new_tokens 400 exceed the context of .*base"):
+        train.main(real_run(base, "--out", str(tmp_path / "c"), "--max-new-tokens", "400"))
+    with pytest.raises(SystemExit, match="demo_n_heldout must be >= 1"):
+        train.main(["--out", str(tmp_path / "c"), "--demo-n-heldout", "0"])
+    assert not (tmp_path / "c").exists()
     with pytest.raises(SystemExit, match="grpo needs group_size >= 2"):
         train.main(real_run(base, "--out", str(tmp_path / "g"), "--algo", "grpo", "--group-size", "1",
                             "--mini-batch-size", "8", "--micro-batch-size", "8"))
