@@ -84,13 +84,13 @@ TAIL_RE = re.compile(r"(?:\s|<\|endoftext\|>|<\|im_end\|>|</s>|<eos>|<\|eot_id\|
 WRAP_RE = re.compile(r"\$?\\boxed\{([^{}]+)\}\$?\.?")  # \boxed{C}, $\boxed{C}$ (bold ** is dropped first)
 LOWER_RE = re.compile(r"\(([a-z])\)|([a-z])[.)]?")  # c, c., c), (c): lower case only standing alone
 # "The answer is", "Answer:", "Answer - ", "So the best answer is", "Option"...: up to four lead-in words from a
-# fixed list (never a letter, which could be an option) before "answer", which must end in a space, a colon or a
-# dash so that "AnswerC" is not read as C.
+# fixed list (never a letter, which could be an option) before "answer", which must end in a space or a colon so
+# that "AnswerC" is not read as C; a dash only with spaces around it ("The answer is -20" keeps its minus sign).
 LEAD_WORDS = ("so", "thus", "therefore", "hence", "my", "the", "final", "correct", "best", "right", "most",
               "likely", "true", "appropriate", "single")
 PREFIX_RE = re.compile(
-    rf"(?:(?:(?:{'|'.join(LEAD_WORDS)}),?\s+){{0,4}}(?:answer|option|choice)(?:\s+is)?(?:\s*[:\u2013\u2014-])?\s*"
-    r"(?<=[\s:\u2013\u2014-]))?"
+    rf"(?:(?:(?:{'|'.join(LEAD_WORDS)}),?\s+){{0,4}}(?:answer|option|choice)(?:\s+is)?(?:\s*:|\s+[\u2013\u2014-](?=\s))?\s*"
+    r"(?<=[\s:]))?"
     r"(?:(?:option|choice)\s+)?", re.IGNORECASE)
 # C  C.  C:  C)  C).  C!  (C)  [C]  then optionally text, after whitespace or a spaced dash, or "C (text)". A bare
 # letter must be followed by punctuation, a spaced dash, a parenthesis or the end, which rules out
@@ -112,9 +112,6 @@ CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "no
 CHOICE_AFTER = {"is", "was", "are", "also", "too", "could", "might", "may", "can", "would", "should", "seems",
                 "looks", "or", "and", "nor", "as", "if", "but", "then", "instead", "vs", "versus", "not", "being",
                 "works", "work", "fits"}
-# ...of which these make a letter a choice whatever stands before it: "consider C too", "Heparin (C works too)".
-# ("Hepatitis B is", "vitamin D can" stay terms: "is" and the modal verbs need a choice word or punctuation before.)
-HEDGE_AFTER = {"too", "instead", "works", "work", "fits"}
 WORD_BEFORE_RE = re.compile(r"([A-Za-z0-9]+)[ \t-]*\Z")  # the word right before a letter, in the same phrase
 WORD_AFTER_RE = re.compile(r"\.?[ \t]+([a-z]+)")  # a lower-case word right after a letter: "B pertussis", "E. coli"
 ARTICLE_RE = re.compile(r"A\s+(?!(?:or|and|nor)\b)[a-z]")  # "A patient": the article, not option A
@@ -123,8 +120,9 @@ ANSWER_IS_RE = re.compile(
     r"(?i:answer)(?:\s+(?i:is))?(?:\s*:)?\s*(?:(?i:option|choice)\s+)?[(\[*]*([A-Z])(?![A-Za-z0-9])")
 END_LETTER_RE = re.compile(r"(?<![A-Za-z0-9])[(\[*]*([A-Z])[)\]*]*[.!]?\s*\Z")  # "...so it's B."
 IS_ANSWER_RE = re.compile(  # "C is the answer", "C is correct", "Ceftriaxone is the best option."
-    r"(.+?)\s+is\s+(?:the\s+)?(?:(?:most\s+likely|correct|right|best|final|true)(?:\s+(?:answer|option|choice))?"
-    r"|answer|option|choice)\s*[.!]?", re.IGNORECASE | re.DOTALL)
+    r"\s+is\s+(?:the\s+)?(?:(?:most\s+likely|correct|right|best|final|true)(?:\s+(?:answer|option|choice))?"
+    r"|answer|option|choice)\s*[.!]?\Z", re.IGNORECASE)
+IS_ANSWER_TAIL = 40  # characters: the longest such tail, and a bound on the regex's work
 LEAD_LETTER_RE = re.compile(r"\s*[(\[*]*([A-Z])[)\]*]*(?:[,:;!]|\.\s)")  # a short think opening "B, obviously."
 QUOTES = {"'": "'", '"': '"', "`": "`", "*": "*", "_": "_", "\u201c": "\u201d", "\u2018": "\u2019"}
 
@@ -195,8 +193,7 @@ def other_choices(text, letter, letters):
         if text.startswith("-", m.end()) or (after and after.group(1) not in CHOICE_AFTER):
             continue  # "B-cell lymphoma", "E. coli", "B pertussis", "A patient": a term
         before = WORD_BEFORE_RE.search(text, max(0, m.start() - 40), m.start())
-        if (before and before.group(1).lower() not in CHOICE_WORDS and not text.startswith(")", m.end())
-                and not (after and after.group(1) in HEDGE_AFTER)):
+        if before and before.group(1).lower() not in CHOICE_WORDS and not text.startswith(")", m.end()):
             continue  # "Hepatitis B", "vitamin A": part of the option's wording ("Ceftriaxone D)" is a label)
         others.append(o)
     return others
@@ -265,20 +262,31 @@ def diagnose(s, letters):
     return f"answer mentions {named[0]} but is not a recognised answer form"
 
 
+def without_is_answer(text):
+    """"C is the answer" -> "C"; "" when the text does not end so."""
+    m = IS_ANSWER_RE.search(text, max(0, len(text) - IS_ANSWER_TAIL))
+    return text[:m.start()].strip() if m else ""
+
+
 def resolve(content, letters, texts):
     """(letter, "") for the one option the answer names, else (None, reason)."""
     raw = content.replace("**", "").strip()  # bold carries no meaning: **C**, **Answer:** C
     s = unwrap(raw)
     if not s:
         return None, "empty answer"
-    after = unwrap(s[PREFIX_RE.match(s).end():])
-    m = IS_ANSWER_RE.fullmatch(after)
-    rest = unwrap(m.group(1)) if m else after
-    letter, why = letter_choice(s, rest, letters, texts)
-    if letter:
-        return letter, ""
-    if texts is not None:  # (an option's text may itself be quoted or say "is correct")
-        candidates = {norm(raw), norm(s), norm(after), norm(rest)}
+    after_raw = s[PREFIX_RE.match(s).end():]
+    after = unwrap(after_raw)
+    cut = without_is_answer(after)
+    # the answer as written, then without an "is the answer" tail (an option's own text may end "... is true.")
+    forms = [after, unwrap(cut)] if cut else [after]
+    why = ""
+    for rest in forms:
+        letter, reason = letter_choice(s, rest, letters, texts)
+        if letter:
+            return letter, ""
+        why = why or reason
+    if texts is not None:  # (an option's text may itself be quoted: compare the forms before unwrapping too)
+        candidates = {norm(x) for x in (raw, s, after_raw, cut, *forms)}
         hits = [k for k, v in texts.items() if norm(v) and norm(v) in candidates]
         if len(hits) == 1:
             return hits[0], ""

@@ -21,6 +21,9 @@ BUGS = {"A": "S. aureus", "B": "C. difficile", "C": "E. coli", "D": "Listeria"}
 VITAMINS = {"A": "Vitamin A", "B": "Vitamin D", "C": "Vitamin K", "D": "Vitamin E"}
 TWINS = {"A": "Aspirin", "B": "aspirin.", "C": "Heparin", "D": "Warfarin"}
 TEN = "ABCDEFGHIJ"
+SIGNED = {"A": "20", "B": "-20", "C": "80", "D": "-80"}
+QUOTED = {"A": "\u201cI cannot tell you.\u201d", "B": "\u201cAsk her yourself.\u201d", "C": "Call the police", "D": "Nothing"}
+HYPOTHESES = {"A": "Accept it", "B": "Reject it if the alternative hypothesis is true.", "C": "Neither", "D": "Both"}
 
 
 def reply(ans, think=THINK):
@@ -168,6 +171,19 @@ CASES = [
     # ...while a term with a letter in the justification is still no second option
     (reply("C. Ceftriaxone, because hepatitis B is not the issue"), "C", DRUGS, 1, "C", {}),
     (reply("C. Ceftriaxone, since vitamin D can wait"), "C", DRUGS, 1, "C", {}),
+    (reply("C. Ceftriaxone, because it treats hepatitis B too"), "C", DRUGS, 1, "C", {}),
+    (reply("C. Ceftriaxone; give vitamin D instead of calcium"), "C", DRUGS, 1, "C", {}),
+    (reply("C. Ceftriaxone, since the hepatitis B work-up is negative"), "C", "ABCD", 1, "C", {}),
+    # a minus sign is no separator: "-20" is option B's text, not "20"
+    (reply("The answer is -20"), "B", SIGNED, 1, "B", {}),
+    (reply("The answer is -20"), "A", SIGNED, 0, "B", {}),
+    (reply("Answer - -20"), "B", SIGNED, 1, "B", {}),
+    # option texts that are quoted, or end like an "is the answer" tail, resolve in every form
+    (reply("The answer is \u201cI cannot tell you.\u201d"), "A", QUOTED, 1, "A", {}),
+    (reply("Answer: \u201cI cannot tell you.\u201d"), "A", QUOTED, 1, "A", {}),
+    (reply("\u201cI cannot tell you.\u201d is the best option"), "A", QUOTED, 1, "A", {}),
+    (reply("B. Reject it if the alternative hypothesis is true."), "B", HYPOTHESES, 1, "B", {}),
+    (reply("Reject it if the alternative hypothesis is true."), "B", HYPOTHESES, 1, "B", {}),
     # text glued to the option's text by a hyphen is another word, not option C
     (reply("C. Ceftriaxone-resistant gonorrhea"), "C", DRUGS, -1, None, {}),
     (reply("C. Ceftriaxone-free regimen"), "C", DRUGS, -1, None, {}),
@@ -460,6 +476,7 @@ def test_fast_on_long_and_hostile_input():
         "<think>" + "A " * 50_000 + "</think><answer>" + "The answer is " + " " * 50_000 + "B</answer>",
         "<think>x</think><answer>C. " + "or B " * 20_000 + "</answer>",
         "<think>" * 10_000 + "</answer>" * 10_000,
+        "<think>C" + " " * 50_000 + "x</think><answer>C" + "\n" * 50_000 + "is correct</answer>",
     ]
     t = time.perf_counter()
     for r in hostile:
