@@ -194,7 +194,7 @@ def file_names(paths):
     """results.json keys: each file's name without extension, or with its folder where two files share a name
     (medqa/test, mmlu/test); they must be distinct and not a reserved key."""
     stems = [Path(p).stem for p in paths]
-    names = [s if stems.count(s) == 1 else f"{Path(p).parent.name}/{s}" for s, p in zip(stems, paths)]
+    names = [s if stems.count(s) == 1 else f"{Path(p).resolve().parent.name}/{s}" for s, p in zip(stems, paths)]
     for name, p in zip(names, paths):
         if name in ("all", "model", "template", "settings"):
             fail(f"--data {p}: its name {name!r} is a results.json key; rename or symlink the file")

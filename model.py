@@ -2,7 +2,7 @@
 
     model = Transformer.from_pretrained("Qwen2.5-3B", device="cuda", dtype=torch.bfloat16)
     tok = load_tokenizer("Qwen2.5-3B")
-    out = generate(model, [tok.encode("Hello").ids], max_new_tokens=64, temperature=0.7, eos_id=model.args.eos_id)
+    out = generate(model, [tok.encode("Hello").ids], max_new_tokens=64, temperature=0.7, eos_id=model.args.eos_ids)
     out.tokens, out.logprobs   # new tokens of each prompt, and the log-probability each was drawn with
 
 Parameter names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so `save_pretrained` writes a
@@ -380,9 +380,9 @@ def read_config(path) -> ModelArgs:
 
 
 def reply_end_ids(path: Path, known) -> tuple[int, ...]:
-    """The tokens that end a reply: config.json's (`known`), then generation_config.json's, which transformers'
-    generate uses (instruct models list <|im_end|> and <|endoftext|> there); where neither names one, the tokenizer's
-    eos_token."""
+    """The tokens that end a reply: config.json's (`known`) and generation_config.json's (instruct models list
+    <|im_end|> and <|endoftext|> there; transformers' generate stops at that file's only, we stop at either file's),
+    and where neither names one, the tokenizer's eos_token."""
     gen_file, tok_cfg_file, tok_file = (path / f for f in ("generation_config.json", "tokenizer_config.json",
                                                            "tokenizer.json"))
     if gen_file.is_file():
@@ -749,6 +749,6 @@ if __name__ == "__main__":
     m = Transformer.from_pretrained(a.checkpoint, device=a.device, dtype=dtype)
     tk = load_tokenizer(a.checkpoint)
     t0 = time.time()
-    g = generate(m, [tk.encode(a.prompt).ids], a.max_new_tokens, a.temperature, eos_id=m.args.eos_id, seed=0)
+    g = generate(m, [tk.encode(a.prompt).ids], a.max_new_tokens, a.temperature, eos_id=m.args.eos_ids, seed=0)
     print(a.prompt + tk.decode(g.tokens[0], skip_special_tokens=False))
     print(f"[{len(g.tokens[0])} tokens in {time.time() - t0:.2f}s]")

@@ -311,7 +311,7 @@ def test_several_files_and_dropped_prompts(demo_model, tmp_path, capsys):
     assert any(line.startswith("patterns (all): format_failure ") for line in printed)
 
 
-def test_same_named_files_default_length_and_rescoring(demo_model, tmp_path):
+def test_same_named_files_default_length_and_rescoring(demo_model, tmp_path, monkeypatch):
     """Files that share a name are keyed by folder/name; with no --max-new-tokens, a short context leaves the replies
     what the longest prompt leaves of it; items.jsonl rescores to its own verdicts with the template's pre-filled prefix and its options."""
     train, _ = data.synthetic_task(16, 0, seed=3)
@@ -320,6 +320,8 @@ def test_same_named_files_default_length_and_rescoring(demo_model, tmp_path):
         (tmp_path / d).mkdir()
         files.append(str(write_generic(tmp_path / d / "test.jsonl", train[:3])))
     out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path / "medqa")  # relative paths name their folders too: test.jsonl, ../mmlu/test.jsonl
+    files = ["test.jsonl", "../mmlu/test.jsonl"]
     saved = E.main(["--model", str(demo_model), "--data", *files, "--template", "direct", "--out", str(out)])
     tok = M.load_tokenizer(demo_model)
     assert {"medqa/test", "mmlu/test", "all"} <= set(saved) and saved["all"]["n"] == 6
