@@ -49,7 +49,8 @@ Answer (the text inside <answer>...</answer>, stripped)
   "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work")
   -- makes the answer name two options. The same holds after an option's text with dict options.
   A letter inside a term does not: "C. Hepatitis B. Start tenofovir", "C. B-cell lymphoma",
-  "C. E. coli", "C. B pertussis", "C. A patient ...", "because hepatitis B is chronic". Letters
+  "C. E. coli", "C. B pertussis", "C. A patient ...", "- A 45-year-old man ...", "because hepatitis B is
+  chronic". Letters
   that are themselves an option's wording ("D. Both A and C") need dict options to be read right.
 
 Reward: -1.0 if the format fails, else 1.0 if the resolved letter is the gold one, else 0.0.
@@ -113,7 +114,7 @@ CHOICE_AFTER = {"is", "was", "are", "also", "too", "could", "might", "may", "can
                 "looks", "or", "and", "nor", "as", "if", "but", "then", "instead", "vs", "versus", "not", "being",
                 "works", "work", "fits"}
 WORD_BEFORE_RE = re.compile(r"([A-Za-z0-9]+)[ \t-]*\Z")  # the word right before a letter, in the same phrase
-WORD_AFTER_RE = re.compile(r"\.?[ \t]+([a-z]+)")  # a lower-case word right after a letter: "B pertussis", "E. coli"
+WORD_AFTER_RE = re.compile(r"\.?[ \t]+([a-z]+|[0-9])")  # a lower-case word or a digit: "B pertussis", "A 45-year-old"
 ARTICLE_RE = re.compile(r"A\s+(?!(?:or|and|nor)\b)[a-z]")  # "A patient": the article, not option A
 TOKEN_RE = re.compile(r"(?<![A-Za-z0-9])[A-Z](?![A-Za-z0-9])")  # a capital letter standing alone
 ANSWER_IS_RE = re.compile(
@@ -190,11 +191,15 @@ def other_choices(text, letter, letters):
         if o not in letters or o == letter or o in others:
             continue
         after = WORD_AFTER_RE.match(text, m.end())
-        if text.startswith("-", m.end()) or (after and after.group(1) not in CHOICE_AFTER):
+        after = after.group(1) if after else None
+        if text.startswith("-", m.end()) or (after and not after.isdigit() and after not in CHOICE_AFTER):
             continue  # "B-cell lymphoma", "E. coli", "B pertussis", "A patient": a term
         before = WORD_BEFORE_RE.search(text, max(0, m.start() - 40), m.start())
-        if before and before.group(1).lower() not in CHOICE_WORDS and not text.startswith(")", m.end()):
+        chosen = before is not None and before.group(1).lower() in CHOICE_WORDS  # "or B", "not D"
+        if before and not chosen and not text.startswith(")", m.end()):
             continue  # "Hepatitis B", "vitamin A": part of the option's wording ("Ceftriaxone D)" is a label)
+        if o == "A" and after and after.isdigit() and not chosen:
+            continue  # "- A 45-year-old man ...": the article
         others.append(o)
     return others
 

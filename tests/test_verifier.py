@@ -174,6 +174,9 @@ CASES = [
     (reply("C. Ceftriaxone, because it treats hepatitis B too"), "C", DRUGS, 1, "C", {}),
     (reply("C. Ceftriaxone; give vitamin D instead of calcium"), "C", DRUGS, 1, "C", {}),
     (reply("C. Ceftriaxone, since the hepatitis B work-up is negative"), "C", "ABCD", 1, "C", {}),
+    (reply("C. Ceftriaxone - A 45-year-old man needs gonococcal coverage"), "C", DRUGS, 1, "C", {}),  # the article
+    (reply("C. Ceftriaxone. A 45-year-old man needs it"), "C", "ABCD", 1, "C", {}),
+    (reply("C. Ceftriaxone, or A 5 mg"), "C", DRUGS, -1, None, {}),
     # a minus sign is no separator: "-20" is option B's text, not "20"
     (reply("The answer is -20"), "B", SIGNED, 1, "B", {}),
     (reply("The answer is -20"), "A", SIGNED, 0, "B", {}),
