@@ -49,9 +49,9 @@ Answer (the text inside <answer>...</answer>, stripped)
   "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work")
   -- makes the answer name two options. The same holds after an option's text with dict options.
   A letter inside a term does not: "C. Hepatitis B. Start tenofovir", "C. B-cell lymphoma",
-  "C. E. coli", "C. B pertussis", "C. A patient ...", "- A 45-year-old man ...", "because hepatitis B is
-  chronic". Letters
-  that are themselves an option's wording ("D. Both A and C") need dict options to be read right.
+  "C. E. coli", "C. B pertussis", "C. A patient ...", "- A 45-year-old man ...", "because hepatitis
+  B is chronic". Letters that are themselves an option's wording ("D. Both A and C") need dict
+  options to be read right.
 
 Reward: -1.0 if the format fails, else 1.0 if the resolved letter is the gold one, else 0.0.
 
