@@ -43,10 +43,10 @@ Answer (the text inside <answer>...</answer>, stripped)
   A letter form wins over option text ("C" is option C even if some option's text is "C").
   With letter-only options the text after "C." cannot be checked against the option, but it
   may not name another offered letter: one that stands as a choice -- at the start of the text,
-  after punctuation, after a word such as "or", "is", "not", "though", "otherwise" or "option",
-  before one such as "is" or "could" when nothing else rules it out, before "too", "instead" or
-  "works" whatever precedes it ("consider D too"), or as a label ("C. B is also right", "C) D)",
-  "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work")
+  after punctuation, after a word such as "or", "not", "though", "otherwise", "consider" or
+  "option" ("consider D too"), before one such as "is", "too", "works" or "could" unless a term's
+  word stands before it, or as a label ("C. B is also right", "C) D)", "C) Ceftriaxone D)
+  Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work", "(D works too)")
   -- makes the answer name two options. The same holds after an option's text with dict options.
   A letter inside a term does not: "C. Hepatitis B. Start tenofovir", "C. B-cell lymphoma",
   "C. E. coli", "C. B pertussis", "C. A patient ...", "- A 45-year-old man ...", "because hepatitis
