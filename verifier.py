@@ -43,11 +43,12 @@ Answer (the text inside <answer>...</answer>, stripped)
   A letter form wins over option text ("C" is option C even if some option's text is "C").
   With letter-only options the text after "C." cannot be checked against the option, but it
   may not name another offered letter: one that stands as a choice -- at the start of the text,
-  after punctuation, after a word such as "or", "not", "though", "otherwise", "consider" or
-  "option" ("consider D too"), before one such as "is", "too", "works" or "could" unless a term's
-  word stands before it, or as a label ("C. B is also right", "C) D)", "C) Ceftriaxone D)
-  Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work", "(D works too)")
-  -- makes the answer name two options. The same holds after an option's text with dict options.
+  after punctuation, after a word such as "or", "not", "though", "otherwise", "consider", "with",
+  "to" or "option" ("consider D too", "with D as backup"), before one such as "is", "too",
+  "works" or "could" unless a term's word stands before it, or as a label ("C. B is also right",
+  "C) D)", "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might
+  work", "(D works too)") -- makes the answer name two options. The same holds after an option's
+  text with dict options.
   A letter inside a term does not: "C. Hepatitis B. Start tenofovir", "C. B-cell lymphoma",
   "C. E. coli", "C. B pertussis", "C. A patient ...", "- A 45-year-old man ...", "because hepatitis
   B is chronic". Letters that are themselves an option's wording ("D. Both A and C") need dict
@@ -105,11 +106,12 @@ PAREN_RE = re.compile(r"\((.*)\)\.?", re.DOTALL)  # the option's text in parenth
 # (a hyphen only after a space: "Heparin-free" and "Heparin-induced ..." are other words, not option B's text)
 JUSTIFY_RE = re.compile(r"\s*[,;:(\n\u2013\u2014]|\s+-|\.\s|\s+(?:because|since|as|given)\b", re.IGNORECASE)
 # Words around a letter that make it a choice rather than part of a term. Before: "or B", "the answer is B",
-# "option B", "though B". After: "B is also right", "D too", "B could work".
+# "option B", "though B", "with B as backup", "similar to B". After: "B is also right", "D too", "B could work".
 CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is", "answer",
                 "option", "choice", "maybe", "perhaps", "probably", "possibly", "though", "although", "however",
                 "alternatively", "else", "instead", "unless", "case", "rather", "than", "over", "yet", "while",
-                "whereas", "otherwise", "consider", "considering"}
+                "whereas", "otherwise", "consider", "considering", "with", "alongside", "besides", "add", "adding",
+                "like", "to", "from", "by"}
 CHOICE_AFTER = {"is", "was", "are", "also", "too", "could", "might", "may", "can", "would", "should", "seems",
                 "looks", "or", "and", "nor", "as", "if", "but", "then", "instead", "vs", "versus", "not", "being",
                 "works", "work", "fits"}

@@ -168,6 +168,18 @@ CASES = [
     (reply("C. A works too"), "C", "ABCD", -1, None, {}),
     (reply("C (D works too)"), "C", "ABCD", -1, None, {}),
     (reply("C. otherwise D too"), "C", "ABCD", -1, None, {}),
+    # ...after a preposition or verb that adds it (sixth session): "with D as backup", "alongside D", "then add D"
+    (reply("C. Ceftriaxone, with A as backup"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone alongside A"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone; then add D"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone, similar to D"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone, followed by D"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone, besides D"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone, like A"), "C", DRUGS, -1, None, {}),
+    (reply("C. Ceftriaxone, switching from D"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone with vitamin D"), "C", "ABCD", 1, "C", {}),  # a term after the preposition
+    (reply("C. Ceftriaxone; infection with E. coli is unlikely"), "C", "ABCD", 1, "C", {}),
+    (reply("C. Ceftriaxone, in patients with B symptoms"), "C", "ABCD", 1, "C", {}),
     # ...while a term with a letter in the justification is still no second option
     (reply("C. Ceftriaxone, because hepatitis B is not the issue"), "C", DRUGS, 1, "C", {}),
     (reply("C. Ceftriaxone, since vitamin D can wait"), "C", DRUGS, 1, "C", {}),
