@@ -143,19 +143,29 @@ class Score:
     trailing_text: bool  # non-whitespace text after </answer> other than EOS markers
 
 
+def is_letter(k):
+    return isinstance(k, str) and len(k) == 1 and "A" <= k <= "Z"
+
+
 def parse_options(options):
-    """Return (letters, texts): the offered letters as a string, and letter -> text or None."""
+    """Return (letters, texts): the offered letters as a string, and letter -> text or None. options: letters
+    ("ABCD" or ["A", "B", "C", "D"]), a dict letter -> text, or a list of texts, lettered A, B, ... in order (as
+    MMLU-Pro ships them)."""
+    if isinstance(options, (list, tuple)) and not all(map(is_letter, options)):  # texts
+        if len(options) > 26:
+            raise ValueError(f"options: at most 26 option texts (A-Z), got {len(options)}")
+        options = {chr(ord("A") + i): v for i, v in enumerate(options)}
     if isinstance(options, dict):
         keys, texts = list(options), options
         for k, v in options.items():
             if not isinstance(v, str):
                 raise ValueError(f"options: text of option {k!r} must be a str, got {type(v).__name__}")
-    elif isinstance(options, str):
+    elif isinstance(options, (str, list, tuple)):
         keys, texts = list(options), None
     else:
-        raise TypeError(f"options must be a str of letters or a dict letter -> text, got {type(options).__name__}")
-    if not keys or len(set(keys)) != len(keys) or not all(isinstance(k, str) and len(k) == 1 and "A" <= k <= "Z"
-                                                          for k in keys):
+        raise TypeError(f"options must be letters ('ABCD'), a dict letter -> text or a list of texts, got "
+                        f"{type(options).__name__}")
+    if not keys or len(set(keys)) != len(keys) or not all(map(is_letter, keys)):
         raise ValueError(f"options: expected distinct upper-case letters such as 'ABCD', got {keys}")
     return "".join(keys), texts
 
@@ -367,7 +377,8 @@ def check(response, letters, texts, strict, min_think_words):
 
 def score(response: str, answer: str, options=OPTIONS_DEFAULT, strict: bool = False,
           min_think_words: int = 0) -> Score:
-    """Score one reply against the gold letter `answer`; options: 'ABCD' or {'A': text, ...}."""
+    """Score one reply against the gold letter `answer`; options: 'ABCD', ['A', 'B', 'C', 'D'], {'A': text, ...}
+    or [text, text, ...] (lettered A, B, ... in order)."""
     letters, texts = parse_options(options)
     if not (isinstance(answer, str) and len(answer) == 1 and answer in letters):
         raise ValueError(f"gold answer {answer!r} is not one of the offered letters {letters}")

@@ -329,7 +329,22 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="option 'B' must be a str"):
         score(reply("A"), "A", {"A": "x", "B": 2})
     with pytest.raises(TypeError, match="options must be"):
-        score(reply("A"), "A", ["x", "y"])
+        score(reply("A"), "A", 4)
+    with pytest.raises(ValueError, match="at most 26 option texts"):
+        score(reply("A"), "A", [f"drug {i}" for i in range(27)])
+    with pytest.raises(ValueError, match="option 'B' must be a str"):
+        score(reply("A"), "A", ["x", 2])
+
+
+def test_options_as_lists():
+    """A list of letters is the same as their string; a list of texts is lettered A, B, ... in order."""
+    texts = list(DRUGS.values())
+    for r in ("C", "C. Ceftriaxone", "Ceftriaxone", "C. Gentamicin", "A or C", "E"):
+        assert score(reply(r), "C", list("ABCD")) == score(reply(r), "C", "ABCD")
+        assert score(reply(r), "C", tuple(texts)) == score(reply(r), "C", DRUGS)
+    assert score(reply("Ceftriaxone"), "C", texts).reward == 1
+    assert score(reply("Ceftriaxone"), "C", list("ABCD")).reward == -1
+    assert score(reply("E"), "E", ["a", "b", "c", "d", "e"]).reward == 1
 
 
 # ---- pattern()
