@@ -7,7 +7,9 @@ an id and a source (the subgroup used for per-source accuracy). Formats (see ../
 
   medqa      jsonl  question, options {A..}, answer_idx, meta_info            (jind11/MedQA)
   mmlu_pro   jsonl  question_id, question, options [3-10], answer and/or answer_index, src
-  medmcqa    jsonl  question, choices ["A. text", ...], answer (0-based int)
+  medmcqa    jsonl  question, choices ["A. text", ...], answer (0-based int)             (as in ../shared/data)
+                    or the authors' release: id, question, opa..opd, cop, subject_name; cop counts from 1, or from
+                    0 in the Hugging Face copy (a file whose cop values hold a 0 and no 4)
   mmlu_csv   csv    no header: question, A, B, C, D, answer letter; subject from the file name (anatomy_test.csv)
   medagents  jsonl  realidx, question, options {A..}, answer_idx, subject
   pubmedqa   json   one object PMID -> {QUESTION, CONTEXTS, final_decision}; options A=yes B=no C=maybe and the
@@ -33,6 +35,7 @@ import argparse
 import collections
 import csv
 import dataclasses
+import functools
 import io
 import json
 import random
@@ -157,7 +160,9 @@ def parse_mmlu_pro(rec, path, line):
     return Item(str(qid), question, options, answer, text(rec, "src", where))
 
 
-def parse_medmcqa(rec, path, line):
+def parse_medmcqa(rec, path, line, cop_base=1):
+    if "choices" not in rec and "opa" in rec:  # the layout of the authors' release
+        return parse_medmcqa_release(rec, path, line, cop_base)
     where = f"{path}:{line}"
     question = text(rec, "question", where)
     choices = get(rec, "choices", list, where)
@@ -171,6 +176,28 @@ def parse_medmcqa(rec, path, line):
     if not 0 <= index < len(options):
         fail(where, "answer", f"{index} out of range for {len(options)} options (0-based)")
     return Item(f"{path.stem}:{line}", question, options, LETTERS[index], "medmcqa")
+
+
+def parse_medmcqa_release(rec, path, line, cop_base):
+    # cop counts options from 1 in the authors' files, from 0 in the Hugging Face copy (load_mcqa tells which)
+    where = f"{path}:{line}"
+    question = text(rec, "question", where)
+    options = {letter: text(rec, key, where) for letter, key in zip("ABCD", ("opa", "opb", "opc", "opd"))}
+    cop = get(rec, "cop", int, where)
+    if not cop_base <= cop < cop_base + 4:
+        fail(where, "cop", f"{cop} out of range {cop_base}-{cop_base + 3} (the correct option, counted from "
+                           f"{cop_base} in this file; -1 marks an unlabelled test row)")
+    subject = rec.get("subject_name")  # only a label for per-source breakdowns
+    source = subject if isinstance(subject, str) and subject.strip() else "medmcqa"
+    item_id = str(get(rec, "id", (int, str), where)) if "id" in rec else f"{path.stem}:{line}"
+    return Item(item_id, question, options, "ABCD"[cop - cop_base], source)
+
+
+def medmcqa_cop_base(content):
+    """0 where a file's cop values hold a 0 and no 4 (the Hugging Face copy counts options from 0), else 1, the
+    authors' release. The pattern cannot match inside a JSON string, where quotes are escaped."""
+    cops = set(re.findall(r'"cop"\s*:\s*(-?[0-9]+)', content))
+    return 0 if "0" in cops and "4" not in cops else 1
 
 
 def parse_medagents(rec, path, line):
@@ -326,7 +353,7 @@ FIT_ORDER = ("medmcqa", "medagents", "medqa", "mmlu_pro", "generic")  # specific
 
 
 def guess_from_keys(keys):
-    if "choices" in keys:
+    if "choices" in keys or "opa" in keys:
         return "medmcqa"
     if "answer_idx" in keys:
         return "medagents" if "subject" in keys else "medqa"
@@ -429,7 +456,10 @@ def load_mcqa(path, fmt=None, skip_bad=False):
     label = "PMID" if fmt == "pubmedqa" else "line"
 
     items, lines, bad, line_of_id = [], [], [], {}
-    for line, row in reader(path, content, PARSERS[fmt]):
+    parse = PARSERS[fmt]
+    if fmt == "medmcqa":
+        parse = functools.partial(parse_medmcqa, cop_base=medmcqa_cop_base(content))
+    for line, row in reader(path, content, parse):
         try:
             item = row()
             if item.id in line_of_id:  # eval.py compare pairs items by id

@@ -101,6 +101,43 @@ def test_real_sources_match_sources_md():
     assert {it.source for it in csv_items} == {"clinical_knowledge"}
 
 
+def release_rows(raw, base):
+    """MedMCQA rows in the layout of the authors' release (cop from 1) or of its Hugging Face copy (cop from 0)."""
+    return [{"id": f"q{i}", "question": r["question"], **{k: c[3:] for k, c in zip(("opa", "opb", "opc", "opd"),
+            r["choices"])}, "cop": r["answer"] + base, "choice_type": "single", "exp": None,
+             "subject_name": ("Anatomy", "Surgery")[i % 2], "topic_name": None} for i, r in enumerate(raw)]
+
+
+@pytest.mark.parametrize("base", [1, 0], ids=["authors", "hugging-face"])
+def test_medmcqa_release_layout(tmp_path, base):
+    raw = [json.loads(line) for line in real("medmcqa/validation.jsonl").read_text().splitlines()]
+    stored = data.load_mcqa(real("medmcqa/validation.jsonl"))
+    p = write_jsonl(tmp_path / "dev.json", release_rows(raw, base))
+    items = data.load_mcqa(p)
+    assert [(it.options, it.answer) for it in items] == [(it.options, it.answer) for it in stored]
+    assert [it.id for it in items[:2]] == ["q0", "q1"] and {it.source for it in items} == {"Anatomy", "Surgery"}
+    # one 0 (and no 4) makes a file count from 0; otherwise it counts from 1, as the authors' files do
+    row = {"question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d"}
+    few = [{**row, "cop": c} for c in (2, 3, base)]
+    assert [it.answer for it in data.load_mcqa(write_jsonl(tmp_path / "few.jsonl", few))] == \
+        (["B", "C", "A"] if base == 1 else ["C", "D", "A"])
+    assert [it.id for it in data.load_mcqa(write_jsonl(tmp_path / "few.jsonl", few))] == ["few:1", "few:2", "few:3"]
+
+
+def test_medmcqa_release_bad_rows(tmp_path):
+    row = {"id": "x1", "question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 4}
+    p = write_jsonl(tmp_path / "test.json", [row, {**row, "id": "x2", "cop": -1}])
+    expect_error(p, f"{p}:2: cop: -1 out of range 1-4 (the correct option, counted from 1 in this file; -1 marks an "
+                    "unlabelled test row)")
+    p = write_jsonl(tmp_path / "mixed.json", [row, {**row, "id": "x2", "cop": 0}])  # a 4 and a 0: not one base
+    expect_error(p, f"{p}:2: cop: 0 out of range 1-4 (the correct option, counted from 1 in this file; -1 marks an "
+                    "unlabelled test row)")
+    p = write_jsonl(tmp_path / "opc.json", [{**row, "opc": " "}])
+    expect_error(p, f"{p}:1: opc: expected non-empty text", "medmcqa")
+    p = write_jsonl(tmp_path / "str.json", [{**row, "cop": "4"}])
+    expect_error(p, f"{p}:1: cop: expected int, got str", "medmcqa")
+
+
 def test_real_pubmedqa_agrees_with_ground_truth_file():
     items = {it.id: it for it in data.load_mcqa(real("pubmedqa/ori_pqal.json"))}
     truth = json.loads(real("pubmedqa/test_ground_truth.json").read_text())
