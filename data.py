@@ -7,9 +7,10 @@ an id and a source (the subgroup used for per-source accuracy). Formats (see ../
 
   medqa      jsonl  question, options {A..}, answer_idx, meta_info            (jind11/MedQA)
   mmlu_pro   jsonl  question_id, question, options [3-10], answer and/or answer_index, src
-  medmcqa    jsonl  question, choices ["A. text", ...], answer (0-based int)             (as in ../shared/data)
-                    or the authors' release: id, question, opa..opd, cop, subject_name; cop counts from 1, or from
-                    0 in the Hugging Face copy (a file whose cop values hold a 0 and no 4)
+  medmcqa    jsonl  question, choices ["A. text", ...], answer (0-based int)    (as in ../shared/data); the same
+                    without the "A. " prefixes is Hugging Face's MMLU (cais/mmlu; its subject is the source); or
+                    MedMCQA as its authors released it: id, question, opa..opd, subject_name, cop (counted from 1;
+                    from 0 in the Hugging Face copy, told by a 0 and no 4 among the file's cop values)
   mmlu_csv   csv    no header: question, A, B, C, D, answer letter; subject from the file name (anatomy_test.csv)
   medagents  jsonl  realidx, question, options {A..}, answer_idx, subject
   pubmedqa   json   one object PMID -> {QUESTION, CONTEXTS, final_decision}; options A=yes B=no C=maybe and the
@@ -166,16 +167,20 @@ def parse_medmcqa(rec, path, line, cop_base=1):
     where = f"{path}:{line}"
     question = text(rec, "question", where)
     choices = get(rec, "choices", list, where)
-    texts = []
-    for letter, choice in zip(LETTERS, choices):
-        if not isinstance(choice, str) or not choice.startswith(f"{letter}. "):
-            fail(where, f"choices.{letter}", f"expected a string starting with '{letter}. ', got {choice!r}")
-        texts.append(choice[len(f"{letter}. "):])
+    texts = choices
+    if choices and isinstance(choices[0], str) and choices[0].startswith("A. "):  # lettered, as in ../shared/data
+        texts = []
+        for letter, choice in zip(LETTERS, choices):
+            if not isinstance(choice, str) or not choice.startswith(f"{letter}. "):
+                fail(where, f"choices.{letter}", f"expected a string starting with '{letter}. ', got {choice!r}")
+            texts.append(choice[len(f"{letter}. "):])
     options = option_texts(texts, "choices", where)
     index = get(rec, "answer", int, where)
     if not 0 <= index < len(options):
         fail(where, "answer", f"{index} out of range for {len(options)} options (0-based)")
-    return Item(f"{path.stem}:{line}", question, options, LETTERS[index], "medmcqa")
+    subject = rec.get("subject")  # Hugging Face's MMLU (cais/mmlu) rows have this layout too
+    source = subject if isinstance(subject, str) and subject.strip() else "medmcqa"
+    return Item(f"{path.stem}:{line}", question, options, LETTERS[index], source)
 
 
 def parse_medmcqa_release(rec, path, line, cop_base):

@@ -124,6 +124,16 @@ def test_medmcqa_release_layout(tmp_path, base):
     assert [it.id for it in data.load_mcqa(write_jsonl(tmp_path / "few.jsonl", few))] == ["few:1", "few:2", "few:3"]
 
 
+def test_hugging_face_mmlu_rows(tmp_path):
+    """cais/mmlu rows (choices without letter prefixes, 0-based answer, subject), built from the medagents file."""
+    stored = data.load_mcqa(real("mmlu/medagents_mmlu_medical_test.jsonl"))
+    rows = [{"question": it.question, "subject": it.source, "choices": list(it.options.values()),
+             "answer": "ABCD".index(it.answer)} for it in stored]
+    items = data.load_mcqa(write_jsonl(tmp_path / "test.jsonl", rows))
+    assert [(it.question, it.options, it.answer, it.source) for it in items] == \
+        [(it.question, it.options, it.answer, it.source) for it in stored]
+
+
 def test_medmcqa_release_bad_rows(tmp_path):
     row = {"id": "x1", "question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 4}
     p = write_jsonl(tmp_path / "test.json", [row, {**row, "id": "x2", "cop": -1}])
