@@ -104,10 +104,11 @@ def test_exported_checkpoint_matches_transformers(base):
         assert (hf(x).logits - ours(x)).abs().max().item() <= 1e-4
 
 
-def torchrun(base, run, *extra, port):
+def torchrun(base, run, *extra, port, args=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = args or real_run(base, "--out", str(run), "--steps", "2", "--save-every", "2", *extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(REPO / "train.py"), *real_run(base, "--out", str(run), "--steps", "2", "--save-every", "2", *extra)]
+           str(REPO / "train.py"), *args]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads((run / "final.json").read_text())
@@ -199,6 +200,19 @@ def test_torchrun_two_ranks_gloo_ddp_and_fsdp(base, tmp_path):
     from safetensors.torch import load_file
     start = load_file(base / "base" / "model.safetensors")
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4  # and training did move them
+    # a sharded run resumes exactly: 2 steps, then 1 resumed, equal 3 steps in one go (weights, value head, metrics)
+    resumed, straight = tmp_path / "fsdp", tmp_path / "fsdp3"
+    torchrun(base, resumed, port=29535, args=["--resume", str(resumed), "--steps", "3", "--save-every", "1"])
+    torchrun(base, straight, "--fsdp", "--steps", "3", "--save-every", "3", port=29536)
+    a, b = weights(resumed / "checkpoints" / "step_000003"), weights(straight / "checkpoints" / "step_000003")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    va, vb = (torch.load(r / "checkpoints" / "step_000003" / "state.pt", weights_only=False)["value"]
+              for r in (resumed, straight))
+    assert all(torch.equal(va[k], vb[k]) for k in va)
+    ma, mb = metrics(resumed), metrics(straight)
+    assert [m["step"] for m in ma] == [1, 2, 3]
+    assert [(m["reward_mean"], m["policy_loss"], m["kl"]) for m in ma] == [(m["reward_mean"], m["policy_loss"], m["kl"])
+                                                                         for m in mb]
 
 
 def test_non_finite_steps_stop_the_run(base, tmp_path, monkeypatch):
