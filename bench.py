@@ -1,9 +1,9 @@
-"""Benchmarks: each number is a ratio against a baseline run side by side, or a phase split, on this machine.
+"""Benchmarks: speed as a ratio against a baseline run side by side, phase splits, and memory peaks.
 
     python bench.py sampler                   # our KV-cached sampler vs transformers.generate, CPU cases medium, tiny
     python bench.py sampler --gpu             # Qwen2.5-3B shape, bf16, batch 64, prompt 256, 512 new (+ roofline)
     python bench.py train                     # RL steps of the demo preset: seconds per phase, tokens/s (CPU)
-    python bench.py train --gpu               # one PPO step of the qwen2.5-3b preset, 64 x 1024: memory, MFU
+    python bench.py train --gpu --steps 1     # PPO steps of the qwen2.5-3b preset, 64 x 1024: memory, MFU
     python bench.py memory                    # peak memory of a 3B PPO update, counted on fake tensors (no GPU)
     python bench.py --gpu-suite [--dry-run]   # everything that needs a GPU, in one call; --dry-run: tiny, on CPU
     python bench.py --gpu-suite --sections ppo,sampler   # some of its sections only (a rerun after a fix)
@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import data
 import model as M
+import ppo
 import train
 
 # Qwen2.5-3B's shape, from its config.json (tests/test_bench.py checks it against ../shared/ref when present)
@@ -204,7 +205,8 @@ def bench_sampler(case, device, reps, log=print, roofline=False, hf_static_until
         except Exception as e:  # a transformers version whose static cache + compile fails: say so, keep the rest
             row["hf_static_error"] = f"{type(e).__name__}: {e}"[:300]
     if roofline:
-        # a decode step must read every weight once and, on average, half of the final KV cache
+        # a decode step must read every weight once and the KV cache written so far: on average the prompt's keys
+        # and values plus half of the new tokens'
         step = decode_step_seconds(ours, prompts, new, device)
         a = ours.args
         weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
@@ -240,7 +242,7 @@ def bench_train(device, shape, cfg: train.Config, steps, log=print):
     dtype = torch.float32
     lm = random_model(shape, dtype, device, max_seq_len=cfg.max_prompt_len + cfg.max_new_tokens + 128)
     lm.checkpointing = cfg.grad_checkpointing
-    policy = train.Policy(lm, value_head=cfg.algo == "gae").to(device)
+    policy = train.Policy(lm, value_head=cfg.algo in ppo.NEEDS_VALUES).to(device)
     ref = copy.deepcopy(lm).requires_grad_(False).to(torch.bfloat16 if device.type == "cuda" else dtype)
     rollout_lm = copy.deepcopy(lm).requires_grad_(False).to(torch.bfloat16 if device.type == "cuda" else dtype)
     opt = train.make_optimizer(cfg, policy, device)
@@ -333,7 +335,7 @@ def estimate_memory(shape, cfg: train.Config, prompt_len, device="cuda"):
     low = torch.bfloat16 if cfg.bf16 else torch.float32
     with torch.device("meta"):
         lm = M.Transformer(args)
-        policy = train.Policy(lm, value_head=cfg.algo == "gae")
+        policy = train.Policy(lm, value_head=cfg.algo in ppo.NEEDS_VALUES)
         ref, rollout_lm = M.Transformer(args).to(low), M.Transformer(args).to(low)
     lm.checkpointing = cfg.grad_checkpointing
     n, P, R = cfg.micro_batch_size, prompt_len, cfg.max_new_tokens

@@ -3,7 +3,7 @@
     model = Transformer.from_pretrained("Qwen2.5-3B", device="cuda", dtype=torch.bfloat16)
     tok = load_tokenizer("Qwen2.5-3B")
     out = generate(model, [tok.encode("Hello").ids], max_new_tokens=64, temperature=0.7, eos_id=model.args.eos_ids)
-    out.tokens, out.logprobs   # new tokens of each prompt, and the log-probability each was drawn with
+    out.tokens, out.logprobs   # new tokens of each prompt, and each one's log-probability (see Generation)
 
 Parameter names are Hugging Face's (`model.layers.0.self_attn.q_proj.weight`, ...), so `save_pretrained` writes a
 folder that `transformers` and `Transformer.from_pretrained` both read. The file reads top to bottom: config, layers,
@@ -534,7 +534,7 @@ def load_tokenizer(path):
 @dataclass
 class Generation:
     tokens: list[list[int]]      # new tokens of each prompt, up to and including EOS
-    logprobs: list[list[float]]  # log-probability of each new token under the distribution it was drawn from
+    logprobs: list[list[float]]  # of each new token under softmax(logits / temperature), before top-k/top-p
 
 
 def filter_probs(probs, top_k: int = 0, top_p: float = 1.0):

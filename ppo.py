@@ -24,7 +24,9 @@ How to add an advantage estimator:
      and variance span every rank's tokens.
   2. Call _check_batch first (shapes, binary right-padded mask), and _sequence_scores with
      _check_groups if you work per prompt: rows g*n .. g*n+n-1 are the n samples of prompt g.
-  3. Estimators without a critic return returns = advantages; train.py then skips the value loss.
+  3. If it reads `values` (a learned critic), also add its name to NEEDS_VALUES: train.py then gives
+     the policy a value head, fits it to `returns` with the clipped value loss and logs
+     explained_variance. The others get values of zeros; return returns = advantages (unread).
   4. Give it a docstring with its formula, and add it to ESTIMATORS below:
          ESTIMATORS = {..., "my-estimator": my_estimator}
   5. Add a test in tests/test_ppo.py that compares it to numbers you worked out by hand.
@@ -235,6 +237,7 @@ ESTIMATORS = {
     "rloo": rloo,
     "reinforce++": reinforce_pp,
 }
+NEEDS_VALUES = {"gae"}  # estimators that read the value head's estimates (the others get zeros and train none)
 
 
 def advantages(algo: str, token_rewards: Tensor, values: Tensor, mask: Tensor, group_size: int, gamma: float, lam: float,

@@ -1,6 +1,6 @@
 """RLVR training: PPO (or GRPO / RLOO / REINFORCE++) with a rule-based MCQA reward, or the SFT baseline.
 
-    python train.py                                   # the CPU demo (same as --preset demo): a few minutes
+    python train.py                                   # the CPU demo (same as --preset demo): ~100 s on 2 cores
     python train.py --preset demo --out runs/demo
     torchrun --nproc_per_node 8 train.py --preset qwen2.5-3b --model Qwen2.5-3B --train medqa_train.jsonl \\
         --heldout medqa_test.jsonl --out runs/rlvr
@@ -60,7 +60,7 @@ class Config:
     # what to train (each comment is also the flag's --help)
     model: str | None = None          # HF checkpoint folder (config.json, safetensors, tokenizer.json); none: demo model
     train: list[str] = field(default_factory=list)    # MCQA files (data.load_mcqa); none: the synthetic demo task
-    heldout: list[str] = field(default_factory=list)  # MCQA files answered at the end (greedy and sampled) into final.json
+    heldout: list[str] = field(default_factory=list)  # MCQA files answered at the end into final.json (greedy; RL runs also sampled)
     template: str = "base"            # prompt template (data.TEMPLATES)
     algo: str = "gae"                 # gae (PPO + value head) | grpo | rloo | reinforce++ | sft
     out: str = "runs/demo"            # run folder
@@ -138,7 +138,8 @@ PRESETS = {
         temperature=1.0, top_p=1.0,
         lr=5e-7, value_lr=9e-6,    # OpenRLHF PPO example actor / critic learning rates
         warmup_steps=10, ppo_epochs=1, mini_batch_size=32, micro_batch_size=4,
-        kl_coef=0.001, gamma=1.0, lam=0.95,  # OpenRLHF defaults (KL: k1 in the reward, Config's default for gae)
+        kl_coef=0.001,             # OpenRLHF's R1-style example scripts (its default is 0.01); k1 in the reward
+        gamma=1.0, lam=0.95,       # OpenRLHF's PPO defaults of the paper's period
         clip=0.2, value_clip=0.2, vf_coef=0.5, grad_clip=1.0, whiten_advantages=True,
         bf16=True, grad_checkpointing=True, save_every=50, keep_last=2, sample_every=10, n_samples=8,
     ),
@@ -270,7 +271,7 @@ def batch_advantages(cfg, rewards, values, mask):
     over every rank's tokens: under torchrun the estimator sees only this rank's share of the batch."""
     adv, returns = ppo.advantages(cfg.algo, rewards, values, mask, cfg.group_size, cfg.gamma, cfg.lam,
                                   whiten=whiten_over_ranks)
-    if cfg.algo == "gae" and cfg.whiten_advantages:
+    if cfg.algo in ppo.NEEDS_VALUES and cfg.whiten_advantages:
         adv = whiten_over_ranks(adv, mask)
     return adv, returns
 
@@ -455,7 +456,7 @@ def lm_part(state: dict) -> dict:
 @torch.no_grad()
 def sync_rollout(policy: Policy, rollout_lm: M.Transformer):
     """The sampler runs on a plain copy of the policy's weights (bf16 on GPU): CUDA graphs need whole tensors at fixed
-    addresses, and FSDP keeps only shards. Copied in place after every update (a collective under FSDP)."""
+    addresses, and FSDP keeps only shards. Copied in place after each step's updates (a collective under FSDP)."""
     full = lm_part(get_model_state_dict(policy, options=FULL))
     for name, t in rollout_lm.state_dict().items():
         t.copy_(full[name])
@@ -645,7 +646,7 @@ def rl_step(cfg, policy, ddp_policy, ref, rollout_lm, opt, tokenizer, items, ste
         kl=float(ppo.masked_mean(old_logp - ref_logp, mask)),
         gen_tokens=n_tok,
     )
-    if cfg.algo == "gae":  # (no value head, nothing to explain)
+    if cfg.algo in ppo.NEEDS_VALUES:  # (no value head, nothing to explain)
         metrics["explained_variance"] = ppo.explained_variance(old_values, returns, mask)
     for p in verifier.PATTERNS:
         metrics[f"pattern_{p}"] = float(np.mean([r["pattern"] == p for r in records]))
@@ -847,7 +848,7 @@ def main(argv=None):
         write_config(cfg, run, rank, world)  # only now: a run that fails on its inputs leaves no folder behind
 
     lm.checkpointing = cfg.grad_checkpointing
-    policy = Policy(lm, value_head=cfg.algo == "gae").to(device)
+    policy = Policy(lm, value_head=cfg.algo in ppo.NEEDS_VALUES).to(device)
     # frozen reference and the sampler's copy: whole models on every rank, in bf16 on GPU
     low = torch.bfloat16 if device.type == "cuda" and cfg.bf16 else torch.float32
     ref = copy.deepcopy(lm).requires_grad_(False).eval().to(low) if cfg.algo != "sft" else None

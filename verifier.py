@@ -389,8 +389,8 @@ def score(response: str, answer: str, options=OPTIONS_DEFAULT, strict: bool = Fa
 
 
 def pattern(response: str, options="ABCDEFGHIJ") -> str:
-    """Label a reply with one of PATTERNS, under the default format rule; checked in that order. Without the item's
-    options, any of ten letters (MMLU-Pro's most) counts as an answer: the label is about behaviour, not the gold."""
+    """Label a reply with one of PATTERNS, under the default format rule, checked in this order: format_failure,
+    outside_reasoning, direct_answer, verbose, else concise. Without the item's options, any of ten letters (MMLU-Pro's most) counts as an answer: the label is about behaviour, not the gold."""
     letters, texts = parse_options(options)
     s = check(response, letters, texts, strict=False, min_think_words=0)
     if not s.format_ok:

@@ -279,6 +279,21 @@ def test_logged_lr_is_the_one_used_and_the_log_is_strict_json(base, tmp_path, mo
     assert all(r["explained_variance"] is None for r in rows)
 
 
+def test_an_added_estimator_that_reads_values_gets_a_value_head(base, tmp_path, monkeypatch):
+    """As ppo.py's docstring says: add an estimator to ESTIMATORS, and to NEEDS_VALUES if it reads the critic."""
+    def td0(token_rewards, values, mask, group_size, gamma, lam, whiten=ppo.masked_whiten):
+        return ppo.ESTIMATORS["gae"](token_rewards, values, mask, group_size, gamma, 0.0, whiten=whiten)
+    monkeypatch.setitem(ppo.ESTIMATORS, "td0", td0)
+    monkeypatch.setattr(ppo, "NEEDS_VALUES", ppo.NEEDS_VALUES | {"td0"})
+    monkeypatch.setattr(train, "ALGOS", train.ALGOS + ("td0",))
+    run = tmp_path / "td0"
+    train.main(real_run(base, "--algo", "td0", "--steps", "2", "--save-every", "2", "--out", str(run)))
+    m = metrics(run)
+    assert all(row["value_loss"] > 0 and "explained_variance" in row for row in m)
+    value = torch.load(run / "checkpoints" / "step_000002" / "state.pt", weights_only=False)["value"]
+    assert value and all(torch.isfinite(v).all() for v in value.values())
+
+
 def test_kl_defaults_follow_the_algorithm():
     assert (train.Config().kl_in_reward, train.Config().kl_kind) == (True, "k1")
     assert (train.Config(algo="grpo").kl_in_reward, train.Config(algo="grpo").kl_kind) == (False, "k3")
