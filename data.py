@@ -10,7 +10,7 @@ an id and a source (the subgroup used for per-source accuracy). Formats (see ../
   medmcqa    jsonl  question, choices ["A. text", ...], answer (0-based int)    (as in ../shared/data); the same
                     without the "A. " prefixes is Hugging Face's MMLU (cais/mmlu; its subject is the source); or
                     MedMCQA as its authors released it: id, question, opa..opd, subject_name, cop (counted from 1;
-                    from 0 in the Hugging Face copy, told by a 0 and no 4 among the file's cop values)
+                    from 0 in the Hugging Face copy: a file's cop values must hold a 4 or a 0 to tell which)
   mmlu_csv   csv    no header: question, A, B, C, D, answer letter; subject from the file name (anatomy_test.csv)
   medagents  jsonl  realidx, question, options {A..}, answer_idx, subject
   pubmedqa   json   one object PMID -> {QUESTION, CONTEXTS, final_decision}; options A=yes B=no C=maybe and the
@@ -167,13 +167,8 @@ def parse_medmcqa(rec, path, line, cop_base=1):
     where = f"{path}:{line}"
     question = text(rec, "question", where)
     choices = get(rec, "choices", list, where)
-    texts = choices
-    if choices and isinstance(choices[0], str) and choices[0].startswith("A. "):  # lettered, as in ../shared/data
-        texts = []
-        for letter, choice in zip(LETTERS, choices):
-            if not isinstance(choice, str) or not choice.startswith(f"{letter}. "):
-                fail(where, f"choices.{letter}", f"expected a string starting with '{letter}. ', got {choice!r}")
-            texts.append(choice[len(f"{letter}. "):])
+    lettered = all(isinstance(c, str) and c.startswith(f"{letter}. ") for letter, c in zip(LETTERS, choices))
+    texts = [c[3:] for c in choices] if lettered else choices  # "A. text", as in ../shared/data; else plain texts
     options = option_texts(texts, "choices", where)
     index = get(rec, "answer", int, where)
     if not 0 <= index < len(options):
@@ -198,11 +193,24 @@ def parse_medmcqa_release(rec, path, line, cop_base):
     return Item(item_id, question, options, "ABCD"[cop - cop_base], source)
 
 
-def medmcqa_cop_base(content):
-    """0 where a file's cop values hold a 0 and no 4 (the Hugging Face copy counts options from 0), else 1, the
-    authors' release. The pattern cannot match inside a JSON string, where quotes are escaped."""
-    cops = set(re.findall(r'"cop"\s*:\s*(-?[0-9]+)', content))
-    return 0 if "0" in cops and "4" not in cops else 1
+def medmcqa_cop_base(path, content):
+    """Whether the file's cop values count options from 0 (the Hugging Face copy: a 0 among them) or from 1 (the
+    authors' files: a 4). A file that shows neither, or both, is refused whole, never read with every answer shifted.
+    The pattern cannot match inside a JSON string, where quotes are escaped."""
+    found = set(map(int, re.findall(r'"cop"\s*:\s*(-?[0-9]+)', content)))
+    if not found:
+        return 1  # no row in the release layout
+    cops = found - {-1}
+    if not cops:
+        fail(f"{path}:1", "cop", "-1 on every row (unlabelled, as in MedMCQA's test split); expected answers")
+    if cops <= {1, 2, 3}:
+        fail(f"{path}:1", "cop", f"only {sorted(cops)}: cannot tell whether cop counts options from 0 (Hugging Face's "
+                                 "copy of MedMCQA) or from 1 (the authors' files); convert the file to the generic "
+                                 "jsonl, with the answer as a letter")
+    if {0, 4} <= cops:
+        fail(f"{path}:1", "cop", "holds both 0 and 4: rows counting options from 0 (Hugging Face's copy of MedMCQA) "
+                                 "and from 1 (the authors' files) are mixed; expected one or the other")
+    return 0 if 0 in cops else 1
 
 
 def parse_medagents(rec, path, line):
@@ -463,7 +471,7 @@ def load_mcqa(path, fmt=None, skip_bad=False):
     items, lines, bad, line_of_id = [], [], [], {}
     parse = PARSERS[fmt]
     if fmt == "medmcqa":
-        parse = functools.partial(parse_medmcqa, cop_base=medmcqa_cop_base(content))
+        parse = functools.partial(parse_medmcqa, cop_base=medmcqa_cop_base(path, content))
     for line, row in reader(path, content, parse):
         try:
             item = row()

@@ -43,8 +43,8 @@ Answer (the text inside <answer>...</answer>, stripped)
   A letter form wins over option text ("C" is option C even if some option's text is "C").
   With letter-only options the text after "C." cannot be checked against the option, but it
   may not name another offered letter: one that stands as a choice -- at the start of the text,
-  after punctuation, after a word such as "or", "not", "though", "otherwise", "consider", "with",
-  "to" or "option" ("consider D too", "with D as backup"), before one such as "is", "too",
+  after punctuation, after a word such as "or", "not", "though", "otherwise", "consider",
+  "alongside" or "option" ("consider D too", "alongside D"), before one such as "is", "too",
   "works" or "could" unless a term's word stands before it, or as a label ("C. B is also right",
   "C) D)", "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might
   work", "(D works too)") -- makes the answer name two options. The same holds after an option's
@@ -67,6 +67,7 @@ import sys
 from dataclasses import dataclass, replace
 
 OPTIONS_DEFAULT = "ABCD"
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PATTERNS = ("format_failure", "verbose", "concise", "direct_answer", "outside_reasoning")
 
 # pattern() thresholds, in whitespace-separated words.
@@ -106,12 +107,12 @@ PAREN_RE = re.compile(r"\((.*)\)\.?", re.DOTALL)  # the option's text in parenth
 # (a hyphen only after a space: "Heparin-free" and "Heparin-induced ..." are other words, not option B's text)
 JUSTIFY_RE = re.compile(r"\s*[,;:(\n\u2013\u2014]|\s+-|\.\s|\s+(?:because|since|as|given)\b", re.IGNORECASE)
 # Words around a letter that make it a choice rather than part of a term. Before: "or B", "the answer is B",
-# "option B", "though B", "with B as backup", "similar to B". After: "B is also right", "D too", "B could work".
+# "option B", "though B", "alongside B", "then add B". After: "B is also right", "D too", "B could work". Not
+# prepositions: "caused by B and T cells", "not sensitized to D.", "G to A", "coinfection with B." are terms.
 CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is", "answer",
                 "option", "choice", "maybe", "perhaps", "probably", "possibly", "though", "although", "however",
                 "alternatively", "else", "instead", "unless", "case", "rather", "than", "over", "yet", "while",
-                "whereas", "otherwise", "consider", "considering", "with", "alongside", "besides", "add", "adding",
-                "like", "to", "from", "by"}
+                "whereas", "otherwise", "consider", "considering", "alongside", "besides", "add", "adding"}
 CHOICE_AFTER = {"is", "was", "are", "also", "too", "could", "might", "may", "can", "would", "should", "seems",
                 "looks", "or", "and", "nor", "as", "if", "but", "then", "instead", "vs", "versus", "not", "being",
                 "works", "work", "fits"}
@@ -143,18 +144,15 @@ class Score:
     trailing_text: bool  # non-whitespace text after </answer> other than EOS markers
 
 
-def is_letter(k):
-    return isinstance(k, str) and len(k) == 1 and "A" <= k <= "Z"
-
-
 def parse_options(options):
     """Return (letters, texts): the offered letters as a string, and letter -> text or None. options: letters
     ("ABCD" or ["A", "B", "C", "D"]), a dict letter -> text, or a list of texts, lettered A, B, ... in order (as
-    MMLU-Pro ships them)."""
-    if isinstance(options, (list, tuple)) and not all(map(is_letter, options)):  # texts
-        if len(options) > 26:
+    MMLU-Pro ships them). A list is letters only when it is exactly A, B, C, ...: some options' texts are single
+    letters (a MedQA item offers "A", "B", "C" and "E")."""
+    if isinstance(options, (list, tuple)) and list(options) != list(LETTERS[:len(options)]):  # texts
+        if len(options) > len(LETTERS):
             raise ValueError(f"options: at most 26 option texts (A-Z), got {len(options)}")
-        options = {chr(ord("A") + i): v for i, v in enumerate(options)}
+        options = dict(zip(LETTERS, options))
     if isinstance(options, dict):
         keys, texts = list(options), options
         for k, v in options.items():
@@ -165,7 +163,8 @@ def parse_options(options):
     else:
         raise TypeError(f"options must be letters ('ABCD'), a dict letter -> text or a list of texts, got "
                         f"{type(options).__name__}")
-    if not keys or len(set(keys)) != len(keys) or not all(map(is_letter, keys)):
+    if not keys or len(set(keys)) != len(keys) or not all(isinstance(k, str) and len(k) == 1 and k in LETTERS
+                                                          for k in keys):
         raise ValueError(f"options: expected distinct upper-case letters such as 'ABCD', got {keys}")
     return "".join(keys), texts
 

@@ -116,11 +116,11 @@ def test_medmcqa_release_layout(tmp_path, base):
     items = data.load_mcqa(p)
     assert [(it.options, it.answer) for it in items] == [(it.options, it.answer) for it in stored]
     assert [it.id for it in items[:2]] == ["q0", "q1"] and {it.source for it in items} == {"Anatomy", "Surgery"}
-    # one 0 (and no 4) makes a file count from 0; otherwise it counts from 1, as the authors' files do
+    # a 0 among a file's cop values makes it count from 0, a 4 from 1, however few its rows
     row = {"question": "Q", "opa": "a", "opb": "b", "opc": "c", "opd": "d"}
-    few = [{**row, "cop": c} for c in (2, 3, base)]
+    few = [{**row, "cop": c} for c in (2, 3, 4 if base == 1 else 0)]
     assert [it.answer for it in data.load_mcqa(write_jsonl(tmp_path / "few.jsonl", few))] == \
-        (["B", "C", "A"] if base == 1 else ["C", "D", "A"])
+        (["B", "C", "D"] if base == 1 else ["C", "D", "A"])
     assert [it.id for it in data.load_mcqa(write_jsonl(tmp_path / "few.jsonl", few))] == ["few:1", "few:2", "few:3"]
 
 
@@ -139,13 +139,37 @@ def test_medmcqa_release_bad_rows(tmp_path):
     p = write_jsonl(tmp_path / "test.json", [row, {**row, "id": "x2", "cop": -1}])
     expect_error(p, f"{p}:2: cop: -1 out of range 1-4 (the correct option, counted from 1 in this file; -1 marks an "
                     "unlabelled test row)")
-    p = write_jsonl(tmp_path / "mixed.json", [row, {**row, "id": "x2", "cop": 0}])  # a 4 and a 0: not one base
-    expect_error(p, f"{p}:2: cop: 0 out of range 1-4 (the correct option, counted from 1 in this file; -1 marks an "
-                    "unlabelled test row)")
     p = write_jsonl(tmp_path / "opc.json", [{**row, "opc": " "}])
     expect_error(p, f"{p}:1: opc: expected non-empty text", "medmcqa")
     p = write_jsonl(tmp_path / "str.json", [{**row, "cop": "4"}])
     expect_error(p, f"{p}:1: cop: expected int, got str", "medmcqa")
+    # a file that does not show where cop counts from is refused whole, even with skip_bad: never read shifted
+    ambiguous = (f"{tmp_path / 'few.json'}:1: cop: only [1, 3]: cannot tell whether cop counts options from 0 "
+                 "(Hugging Face's copy of MedMCQA) or from 1 (the authors' files); convert the file to the generic "
+                 "jsonl, with the answer as a letter")
+    mixed = (f"{tmp_path / 'mixed.json'}:1: cop: holds both 0 and 4: rows counting options from 0 (Hugging Face's copy "
+             "of MedMCQA) and from 1 (the authors' files) are mixed; expected one or the other")
+    unlabelled = f"{tmp_path / 'hf_test.json'}:1: cop: -1 on every row (unlabelled, as in MedMCQA's test split); " \
+                 "expected answers"
+    for name, cops, message in (("few", (1, 3, -1), ambiguous), ("mixed", (4, 0, 1, 2), mixed),
+                                ("hf_test", (-1, -1), unlabelled)):
+        p = write_jsonl(tmp_path / f"{name}.json", [{**row, "id": f"x{i}", "cop": c} for i, c in enumerate(cops)])
+        for skip_bad in (False, True):
+            with pytest.raises(data.DataError) as e:
+                data.load_mcqa(p, skip_bad=skip_bad)
+            assert str(e.value) == message
+
+
+def test_choices_are_lettered_only_when_every_one_is(tmp_path):
+    """"A. text" prefixes are stripped when each choice has its own; otherwise the choices are plain texts (an MMLU
+    option may itself start "A. ", as "A. israelii" does)."""
+    rows = [{"question": "Q", "choices": ["A. x", "B. y", "C. z"], "answer": 1},
+            {"question": "Q2", "choices": ["A. israelii", "N. asteroides", "S. aureus"], "answer": 0},
+            {"question": "Q3", "choices": ["A) x", "B) y"], "answer": 1}]
+    items = data.load_mcqa(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert [it.options for it in items] == [{"A": "x", "B": "y", "C": "z"},
+                                            {"A": "A. israelii", "B": "N. asteroides", "C": "S. aureus"},
+                                            {"A": "A) x", "B": "B) y"}]
 
 
 def test_real_pubmedqa_agrees_with_ground_truth_file():
@@ -257,8 +281,8 @@ def test_option_checks(tmp_path):
         p = write_jsonl(tmp_path / "p.jsonl", [{"question_id": 1, "question": "Q", "options": list("abcdefghijk"[:n]),
                                                 "answer": "A", "answer_index": 0, "src": "s"}])
         expect_error(p, f"{p}:1: options: expected 3-10 options (MMLU-Pro), got {n}", "mmlu_pro")
-    p = write_jsonl(tmp_path / "mc.jsonl", [{"question": "Q", "choices": ["A. a", "b", "C. c", "D. d"], "answer": 0}])
-    expect_error(p, f"{p}:1: choices.B: expected a string starting with 'B. ', got 'b'", "medmcqa")
+    p = write_jsonl(tmp_path / "mc.jsonl", [{"question": "Q", "choices": ["A. a", 2, "C. c", "D. d"], "answer": 0}])
+    expect_error(p, f"{p}:1: choices.B: expected a string, got int", "medmcqa")
     p = write_jsonl(tmp_path / "m.jsonl", [{**MEDQA_ROW, "answer": "x"}])
     expect_error(p, f"{p}:1: answer: 'x' is not the text of option B ('y')", "medqa")
 

@@ -168,18 +168,19 @@ CASES = [
     (reply("C. A works too"), "C", "ABCD", -1, None, {}),
     (reply("C (D works too)"), "C", "ABCD", -1, None, {}),
     (reply("C. otherwise D too"), "C", "ABCD", -1, None, {}),
-    # ...after a preposition or verb that adds it (sixth session): "with D as backup", "alongside D", "then add D"
-    (reply("C. Ceftriaxone, with A as backup"), "C", DRUGS, -1, None, {}),
+    # ...after a word that adds it (sixth session): "alongside D", "then add D", "besides D"
     (reply("C. Ceftriaxone alongside A"), "C", DRUGS, -1, None, {}),
     (reply("C. Ceftriaxone; then add D"), "C", "ABCD", -1, None, {}),
-    (reply("C. Ceftriaxone, similar to D"), "C", "ABCD", -1, None, {}),
-    (reply("C. Ceftriaxone, followed by D"), "C", "ABCD", -1, None, {}),
     (reply("C. Ceftriaxone, besides D"), "C", "ABCD", -1, None, {}),
-    (reply("C. Ceftriaxone, like A"), "C", DRUGS, -1, None, {}),
-    (reply("C. Ceftriaxone, switching from D"), "C", "ABCD", -1, None, {}),
-    (reply("C. Ceftriaxone with vitamin D"), "C", "ABCD", 1, "C", {}),  # a term after the preposition
+    (reply("C. Ceftriaxone, adding D"), "C", "ABCD", -1, None, {}),
+    (reply("C. Ceftriaxone; add vitamin D"), "C", "ABCD", 1, "C", {}),  # a term after the word
+    # ...but not after a preposition, where a term's letter stands as often (the sixth session's audit)
+    (reply("C. SCID, caused by B and T cell dysfunction"), "C", "ABCD", 1, "C", {}),
+    (reply("C. Anti-D immunoglobulin; she is not sensitized to D."), "C", "ABCD", 1, "C", {}),
+    (reply("C. Missense, the codon changes G to A."), "C", "ABCD", 1, "C", {}),
+    (reply("C. Hepatitis D, which needs coinfection with B."), "C", "ABCD", 1, "C", {}),
+    (reply("C. Calcium, supplemented with D"), "C", "ABCD", 1, "C", {}),
     (reply("C. Ceftriaxone; infection with E. coli is unlikely"), "C", "ABCD", 1, "C", {}),
-    (reply("C. Ceftriaxone, in patients with B symptoms"), "C", "ABCD", 1, "C", {}),
     # ...while a term with a letter in the justification is still no second option
     (reply("C. Ceftriaxone, because hepatitis B is not the issue"), "C", DRUGS, 1, "C", {}),
     (reply("C. Ceftriaxone, since vitamin D can wait"), "C", DRUGS, 1, "C", {}),
@@ -337,7 +338,11 @@ def test_bad_arguments():
 
 
 def test_options_as_lists():
-    """A list of letters is the same as their string; a list of texts is lettered A, B, ... in order."""
+    """A list of the letters A, B, C, ... is the same as their string; any other list is option texts, lettered A, B,
+    ... in order: MedQA test line 455 offers the texts "A", "B", "C" and "E" (gold D, "E")."""
+    assert score(reply("D"), "D", ["A", "B", "C", "E"]).reward == 1
+    assert score(reply("E"), "D", ["A", "B", "C", "E"]).reward == 1  # the text of option D
+    assert score(reply("A"), "B", ["B", "C", "D", "E"]) == score(reply("A"), "B", dict(zip("ABCD", "BCDE")))
     texts = list(DRUGS.values())
     for r in ("C", "C. Ceftriaxone", "Ceftriaxone", "C. Gentamicin", "A or C", "E"):
         assert score(reply(r), "C", list("ABCD")) == score(reply(r), "C", "ABCD")
