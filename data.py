@@ -427,11 +427,11 @@ def detect_format(path, content):
         return fmt, ""
     if fmt is not None:
         return fmt, (f" (format detected as {fmt}, not {guess}: no row of the first {len(records)} fits {guess}; "
-                     "pass fmt= to choose the format)")
+                     "choose the format with fmt= or eval.py --fmt)")
     if guess == "generic":
         return guess, ""  # no other format's fields: the generic errors speak for themselves
     return guess, (f" (format detected as {guess} from the fields of the first row, but no row of the first "
-                   f"{len(records)} fits any format; pass fmt= to choose the format)")
+                   f"{len(records)} fits any format; choose the format with fmt= or eval.py --fmt)")
 
 
 def read_text(path):

@@ -410,7 +410,8 @@ def test_generic_rows_with_extra_fields_stay_generic(tmp_path, extra):
 
 @pytest.mark.parametrize("row,message", [
     ({k: v for k, v in MEDQA_ROW.items() if k != "question"}, ":1: question: missing (format detected as medqa from "
-     "the fields of the first row, but no row of the first 1 fits any format; pass fmt= to choose the format)"),
+     "the fields of the first row, but no row of the first 1 fits any format; choose the format with fmt= or "
+     "eval.py --fmt)"),
     ({"Question": "Q?", "options": ["x", "y"], "answer": "A"}, ":1: question: missing"),
     ({}, ":1: question: missing")], ids=["medqa", "generic", "empty"])
 def test_one_line_jsonl_is_not_taken_for_pubmedqa(tmp_path, row, message):
@@ -420,15 +421,16 @@ def test_one_line_jsonl_is_not_taken_for_pubmedqa(tmp_path, row, message):
 
 
 def test_detection_fallback_is_named_in_errors(tmp_path):
-    # fell back to generic: a later bad row says so and suggests fmt=
+    # fell back to generic: a later bad row says so and how to choose the format
     rows = [{"question": "Q", "options": ["x", "y"], "answer": "B", "answer_idx": "B"}] * 2
     p = write_jsonl(tmp_path / "g.jsonl", rows + [{"question": "Q3", "options": ["x", "y"], "answer": "E"}])
     expect_error(p, f"{p}:3: answer: 'E' not among options A-B (format detected as generic, not medqa: no row of "
-                    f"the first 3 fits medqa; pass fmt= to choose the format)")
+                    f"the first 3 fits medqa; choose the format with fmt= or eval.py --fmt)")
     # nothing fits: the guess from the keys is kept and named
     p = write_jsonl(tmp_path / "m.jsonl", [{**MEDQA_ROW, "answer": "x"}])
     expect_error(p, f"{p}:1: answer: 'x' is not the text of option B ('y') (format detected as medqa from the fields "
-                    f"of the first row, but no row of the first 1 fits any format; pass fmt= to choose the format)")
+                    f"of the first row, but no row of the first 1 fits any format; choose the format with fmt= or "
+                    "eval.py --fmt)")
 
 
 def test_jsonl_splits_on_newline_only(tmp_path):
