@@ -14,7 +14,9 @@ an id and a source (the subgroup used for per-source accuracy). Formats (see ../
   mmlu_csv   csv    no header: question, A, B, C, D, answer letter; subject from the file name (anatomy_test.csv)
   medagents  jsonl  realidx, question, options {A..}, answer_idx, subject
   pubmedqa   json   one object PMID -> {QUESTION, CONTEXTS, final_decision}; options A=yes B=no C=maybe and the
-                    question text is the abstract's CONTEXTS joined by newlines, then a newline, then QUESTION
+                    question text is the abstract's CONTEXTS joined by newlines, then a newline, then QUESTION;
+                    or Hugging Face's rows (qiaojin/PubMedQA as jsonl): pubid, question, context.contexts,
+                    final_decision
   generic    jsonl  your own data, one object per line:
                       {"question": "...", "options": {"A": "...", "B": "..."}, "answer": "B",
                        "id": "q17", "source": "cardiology"}
@@ -251,14 +253,23 @@ def parse_mmlu_csv(row, path, line):
 PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
 
 
-def parse_pubmedqa(rec, path, pmid):
-    where = f"{path}: PMID {pmid}"  # not "path:pmid", which reads as a line number
-    if not isinstance(rec, dict):
-        fail(where, "record", f"expected an object with QUESTION, CONTEXTS, final_decision, got {type(rec).__name__}")
-    question = text(rec, "QUESTION", where)
-    contexts = get(rec, "CONTEXTS", list, where)
+def parse_pubmedqa(rec, path, key):
+    """key: the PMID of a record of the authors' file, or the line of a Hugging Face row (qiaojin/PubMedQA as jsonl:
+    pubid, question, context.contexts, final_decision)."""
+    if isinstance(key, int):
+        where = f"{path}:{key}"
+        pmid, question = get(rec, "pubid", (int, str), where), text(rec, "question", where)
+        contexts, field = get(rec, "context", dict, where).get("contexts"), "context.contexts"
+        if not isinstance(contexts, list):
+            fail(where, field, f"expected a list of strings, got {type(contexts).__name__}")
+    else:
+        pmid, where = key, f"{path}: PMID {key}"  # not "path:pmid", which reads as a line number
+        if not isinstance(rec, dict):
+            fail(where, "record", f"expected an object with QUESTION, CONTEXTS, final_decision, got "
+                                  f"{type(rec).__name__}")
+        question, contexts, field = text(rec, "QUESTION", where), get(rec, "CONTEXTS", list, where), "CONTEXTS"
     if not all(isinstance(c, str) for c in contexts):
-        fail(where, "CONTEXTS", "expected a list of strings")
+        fail(where, field, "expected a list of strings")
     decision = get(rec, "final_decision", str, where)
     letter = {v: k for k, v in PUBMEDQA_OPTIONS.items()}.get(decision)
     if letter is None:
@@ -335,14 +346,22 @@ def csv_rows(path, content, parse):
 
 
 def pubmedqa_rows(path, content, parse):
+    """The authors' file, one JSON object PMID -> record, keyed by PMID (a str); or Hugging Face's rows, one JSON
+    object per line, keyed by line (an int)."""
     try:
         records = json.loads(content, object_pairs_hook=Pairs)
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # more than one object: Hugging Face's rows
+            yield from jsonl_rows(path, content, parse)
+            return
         fail(f"{path}:{e.lineno}", "json", f"{e.msg} (column {e.colno})")
     except RecursionError:  # json.loads does not say where
         fail(f"{path}:1", "file", TOO_DEEP)
     if not isinstance(records, Pairs):
         fail(f"{path}:1", "file", f"expected one JSON object PMID -> record, got {type(records).__name__}")
+    if any(key == "final_decision" for key, _ in records):  # a file of one Hugging Face row
+        yield from jsonl_rows(path, content, parse)
+        return
     seen = set()
     for pmid, rec in records:
         where = f"{path}: PMID {pmid}"
@@ -362,7 +381,8 @@ def pubmedqa_record(rec, where):
 
 
 SNIFF_LINES = 20  # detection reads this many non-blank lines, so that one bad or odd first line does not decide
-FIT_ORDER = ("medmcqa", "medagents", "medqa", "mmlu_pro", "generic")  # specific first: an MMLU-Pro row fits generic too
+# the formats jsonl rows are tried in, most specific first: an MMLU-Pro row fits generic too
+FIT_ORDER = ("medmcqa", "medagents", "medqa", "mmlu_pro", "pubmedqa", "generic")
 
 
 def guess_from_keys(keys):
@@ -372,6 +392,8 @@ def guess_from_keys(keys):
         return "medagents" if "subject" in keys else "medqa"
     if "question_id" in keys or "answer_index" in keys:
         return "mmlu_pro"
+    if "final_decision" in keys:
+        return "pubmedqa"
     return "generic"
 
 
@@ -466,7 +488,9 @@ def load_mcqa(path, fmt=None, skip_bad=False):
     if fmt is None:
         fmt, note = detect_format(path, content)
     reader = {"mmlu_csv": csv_rows, "pubmedqa": pubmedqa_rows}.get(fmt, jsonl_rows)
-    label = "PMID" if fmt == "pubmedqa" else "line"
+
+    def place(key):  # readers key rows by line, or by PMID in PubMedQA's file
+        return f"line {key}" if isinstance(key, int) else f"PMID {key}"
 
     items, lines, bad, line_of_id = [], [], [], {}
     parse = PARSERS[fmt]
@@ -476,8 +500,8 @@ def load_mcqa(path, fmt=None, skip_bad=False):
         try:
             item = row()
             if item.id in line_of_id:  # eval.py compare pairs items by id
-                fail(f"{path}:{line}", "id", f"{item.id!r} is already the id of {label} {line_of_id[item.id]}; "
-                                             "ids must be unique within a file")
+                fail(f"{path}:{line}" if isinstance(line, int) else f"{path}: PMID {line}", "id",
+                     f"{item.id!r} is already the id of {place(line_of_id[item.id])}; ids must be unique within a file")
             line_of_id[item.id] = line
             items.append(item)
             lines.append(line)
@@ -495,7 +519,7 @@ def load_mcqa(path, fmt=None, skip_bad=False):
     for item, line in zip(items, lines):
         key = (item.question, tuple(item.options.items()))
         if key in first_seen:
-            repeats.append(f"{label} {line} repeats {first_seen[key]}")
+            repeats.append(f"{place(line)} repeats {first_seen[key]}")
         else:
             first_seen[key] = line
     if repeats:

@@ -327,6 +327,31 @@ def test_deeply_nested_json_is_a_bad_row(tmp_path, capsys):
     expect_error(p, f"{p}:1: file: {too_deep}", "pubmedqa")
 
 
+def test_hugging_face_pubmedqa_rows(tmp_path):
+    """qiaojin/PubMedQA rows as jsonl (pubid, question, context.contexts, final_decision), built from the authors'
+    file: the same items, found by content, one row or many."""
+    raw = json.loads(real("pubmedqa/ori_pqal.json").read_text())
+    rows = [{"pubid": int(pmid), "question": r["QUESTION"], "context": {"contexts": r["CONTEXTS"], "labels": r["LABELS"],
+             "meshes": r["MESHES"]}, "long_answer": r["LONG_ANSWER"], "final_decision": r["final_decision"]}
+            for pmid, r in raw.items()]
+    stored = data.load_mcqa(real("pubmedqa/ori_pqal.json"))
+    for n in (len(rows), 1):
+        items = data.load_mcqa(write_jsonl(tmp_path / f"pqa_{n}.jsonl", rows[:n]))
+        assert [(it.id, it.question, it.options, it.answer) for it in items] == \
+            [(it.id, it.question, it.options, it.answer) for it in stored[:n]]
+    # rows are named by line; ids (pubids) must be unique
+    bad = [rows[0], {**rows[1], "context": {"contexts": "one string"}}, {**rows[2], "final_decision": "perhaps"},
+           rows[3], rows[0]]
+    p = write_jsonl(tmp_path / "bad.jsonl", bad)
+    expect_error(p, f"{p}:2: context.contexts: expected a list of strings, got str")
+    expect_error(p, f"{p}:2: context.contexts: expected a list of strings, got str", "pubmedqa")
+    p = write_jsonl(tmp_path / "bad.jsonl", bad[2:])
+    expect_error(p, f"{p}:1: final_decision: 'perhaps' is not one of yes, no, maybe")
+    assert [it.id for it in data.load_mcqa(p, skip_bad=True)] == [str(rows[3]["pubid"]), str(rows[0]["pubid"])]
+    p = write_jsonl(tmp_path / "bad.jsonl", [rows[0], rows[1], rows[0]])
+    expect_error(p, f"{p}:3: id: '{rows[0]['pubid']}' is already the id of line 1; ids must be unique within a file")
+
+
 def test_pubmedqa_error_names_the_record_key(tmp_path):
     p = tmp_path / "pq.json"
     p.write_text(json.dumps({"111": {"QUESTION": "Q?", "CONTEXTS": ["c"], "final_decision": "yes"},
