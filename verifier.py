@@ -43,12 +43,11 @@ Answer (the text inside <answer>...</answer>, stripped)
   A letter form wins over option text ("C" is option C even if some option's text is "C").
   With letter-only options the text after "C." cannot be checked against the option, but it
   may not name another offered letter: one that stands as a choice -- at the start of the text,
-  after punctuation, after a word such as "or", "not", "though", "otherwise", "consider",
-  "alongside" or "option" ("consider D too", "alongside D"), before one such as "is", "too",
-  "works" or "could" unless a term's word stands before it, or as a label ("C. B is also right",
-  "C) D)", "C) Ceftriaxone D) Gentamicin", "C. The answer is B", "C: A and D", "C, though D might
-  work", "(D works too)") -- makes the answer name two options. The same holds after an option's
-  text with dict options.
+  after punctuation, after a word such as "or", "not", "though", "otherwise", "consider" or
+  "option" ("consider D too"), before one such as "is", "too", "works" or "could" unless a term's
+  word stands before it, or as a label ("C. B is also right", "C) D)", "C) Ceftriaxone D)
+  Gentamicin", "C. The answer is B", "C: A and D", "C, though D might work", "(D works too)")
+  -- makes the answer name two options. The same holds after an option's text with dict options.
   A letter inside a term does not: "C. Hepatitis B. Start tenofovir", "C. B-cell lymphoma",
   "C. E. coli", "C. B pertussis", "C. A patient ...", "- A 45-year-old man ...", "because hepatitis
   B is chronic". Letters that are themselves an option's wording ("D. Both A and C") need dict
@@ -107,12 +106,12 @@ PAREN_RE = re.compile(r"\((.*)\)\.?", re.DOTALL)  # the option's text in parenth
 # (a hyphen only after a space: "Heparin-free" and "Heparin-induced ..." are other words, not option B's text)
 JUSTIFY_RE = re.compile(r"\s*[,;:(\n\u2013\u2014]|\s+-|\.\s|\s+(?:because|since|as|given)\b", re.IGNORECASE)
 # Words around a letter that make it a choice rather than part of a term. Before: "or B", "the answer is B",
-# "option B", "though B", "alongside B", "then add B". After: "B is also right", "D too", "B could work". Not
-# prepositions: "caused by B and T cells", "not sensitized to D.", "G to A", "coinfection with B." are terms.
+# "option B", "though B". After: "B is also right", "D too", "B could work". Not prepositions or additive words,
+# which stand before a term's letter as often ("caused by B and T cells", "G to A", "besides B and T cells").
 CHOICE_WORDS = {"or", "and", "nor", "vs", "versus", "then", "but", "either", "not", "also", "plus", "is", "answer",
                 "option", "choice", "maybe", "perhaps", "probably", "possibly", "though", "although", "however",
                 "alternatively", "else", "instead", "unless", "case", "rather", "than", "over", "yet", "while",
-                "whereas", "otherwise", "consider", "considering", "alongside", "besides", "add", "adding"}
+                "whereas", "otherwise", "consider", "considering"}
 CHOICE_AFTER = {"is", "was", "are", "also", "too", "could", "might", "may", "can", "would", "should", "seems",
                 "looks", "or", "and", "nor", "as", "if", "but", "then", "instead", "vs", "versus", "not", "being",
                 "works", "work", "fits"}
@@ -389,7 +388,8 @@ def score(response: str, answer: str, options=OPTIONS_DEFAULT, strict: bool = Fa
 
 def pattern(response: str, options="ABCDEFGHIJ") -> str:
     """Label a reply with one of PATTERNS, under the default format rule, checked in this order: format_failure,
-    outside_reasoning, direct_answer, verbose, else concise. Without the item's options, any of ten letters (MMLU-Pro's most) counts as an answer: the label is about behaviour, not the gold."""
+    outside_reasoning, direct_answer, verbose, else concise. Without the item's options, any of ten letters
+    (MMLU-Pro's most) counts as an answer: the label is about behaviour, not the gold."""
     letters, texts = parse_options(options)
     s = check(response, letters, texts, strict=False, min_think_words=0)
     if not s.format_ok:

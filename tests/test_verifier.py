@@ -168,19 +168,17 @@ CASES = [
     (reply("C. A works too"), "C", "ABCD", -1, None, {}),
     (reply("C (D works too)"), "C", "ABCD", -1, None, {}),
     (reply("C. otherwise D too"), "C", "ABCD", -1, None, {}),
-    # ...after a word that adds it (sixth session): "alongside D", "then add D", "besides D"
-    (reply("C. Ceftriaxone alongside A"), "C", DRUGS, -1, None, {}),
-    (reply("C. Ceftriaxone; then add D"), "C", "ABCD", -1, None, {}),
-    (reply("C. Ceftriaxone, besides D"), "C", "ABCD", -1, None, {}),
-    (reply("C. Ceftriaxone, adding D"), "C", "ABCD", -1, None, {}),
-    (reply("C. Ceftriaxone; add vitamin D"), "C", "ABCD", 1, "C", {}),  # a term after the word
-    # ...but not after a preposition, where a term's letter stands as often (the sixth session's audit)
+    # ...but not after a preposition or an additive word, where a term's letter stands as often (sixth session)
     (reply("C. SCID, caused by B and T cell dysfunction"), "C", "ABCD", 1, "C", {}),
     (reply("C. Anti-D immunoglobulin; she is not sensitized to D."), "C", "ABCD", 1, "C", {}),
     (reply("C. Missense, the codon changes G to A."), "C", "ABCD", 1, "C", {}),
     (reply("C. Hepatitis D, which needs coinfection with B."), "C", "ABCD", 1, "C", {}),
     (reply("C. Calcium, supplemented with D"), "C", "ABCD", 1, "C", {}),
     (reply("C. Ceftriaxone; infection with E. coli is unlikely"), "C", "ABCD", 1, "C", {}),
+    (reply("C. Natural killer cells, because besides B and T cells only NK cells are lymphocytes"), "C", "ABCD", 1,
+     "C", {}),
+    (reply("C. Natural killer cells; alongside B and T cells they arise from lymphoid progenitors"), "C", "ABCD", 1,
+     "C", {}),
     # ...while a term with a letter in the justification is still no second option
     (reply("C. Ceftriaxone, because hepatitis B is not the issue"), "C", DRUGS, 1, "C", {}),
     (reply("C. Ceftriaxone, since vitamin D can wait"), "C", DRUGS, 1, "C", {}),
