@@ -164,7 +164,7 @@ def parse_mmlu_pro(rec, path, line):
 
 
 def parse_medmcqa(rec, path, line, cop_base=1):
-    if "choices" not in rec and "opa" in rec:  # the layout of the authors' release
+    if "choices" not in rec and "opa" in rec and "options" not in rec:  # the layout of the authors' release
         return parse_medmcqa_release(rec, path, line, cop_base)
     where = f"{path}:{line}"
     question = text(rec, "question", where)
@@ -199,12 +199,14 @@ def medmcqa_cop_base(path, content):
     """Whether the file's cop values count options from 0 (the Hugging Face copy: a 0 among them) or from 1 (the
     authors' files: a 4). A file that shows neither, or both, is refused whole, never read with every answer shifted.
     The pattern cannot match inside a JSON string, where quotes are escaped."""
-    found = set(map(int, re.findall(r'"cop"\s*:\s*(-?[0-9]+)', content)))
+    found = {int(c) for c in re.findall(r'"cop"\s*:\s*(-?[0-9]+)(?![0-9.eE])', content)}  # integers only
     if not found:
-        return 1  # no row in the release layout
-    cops = found - {-1}
-    if not cops:
+        return 1  # no row in the release layout (or no integer cop: each row will say so)
+    cops = found & {0, 1, 2, 3, 4}  # -1 marks an unlabelled row; other values are each row's own error
+    if found == {-1}:
         fail(f"{path}:1", "cop", "-1 on every row (unlabelled, as in MedMCQA's test split); expected answers")
+    if not cops:
+        return 1  # every labelled row out of range: each will say so
     if cops <= {1, 2, 3}:
         fail(f"{path}:1", "cop", f"only {sorted(cops)}: cannot tell whether cop counts options from 0 (Hugging Face's "
                                  "copy of MedMCQA) or from 1 (the authors' files); convert the file to the generic "
@@ -258,8 +260,13 @@ def parse_pubmedqa(rec, path, key):
     pubid, question, context.contexts, final_decision)."""
     if isinstance(key, int):
         where = f"{path}:{key}"
+        if "options" in rec:  # a row of the user's own, with PubMedQA's fields kept: read it as generic
+            fail(where, "options", "unexpected: PubMedQA's options are yes, no and maybe")
         pmid, question = get(rec, "pubid", (int, str), where), text(rec, "question", where)
-        contexts, field = get(rec, "context", dict, where).get("contexts"), "context.contexts"
+        context, field = get(rec, "context", dict, where), "context.contexts"
+        if "contexts" not in context:
+            fail(where, field, "missing")
+        contexts = context["contexts"]
         if not isinstance(contexts, list):
             fail(where, field, f"expected a list of strings, got {type(contexts).__name__}")
     else:
@@ -348,20 +355,17 @@ def csv_rows(path, content, parse):
 def pubmedqa_rows(path, content, parse):
     """The authors' file, one JSON object PMID -> record, keyed by PMID (a str); or Hugging Face's rows, one JSON
     object per line, keyed by line (an int)."""
+    if any(isinstance(rec, dict) and not looks_like_pubmedqa(rec) for rec in sniff_jsonl(content)):
+        yield from jsonl_rows(path, content, parse)  # lines that are records by themselves: Hugging Face's rows
+        return
     try:
         records = json.loads(content, object_pairs_hook=Pairs)
     except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # more than one object: Hugging Face's rows
-            yield from jsonl_rows(path, content, parse)
-            return
         fail(f"{path}:{e.lineno}", "json", f"{e.msg} (column {e.colno})")
     except RecursionError:  # json.loads does not say where
         fail(f"{path}:1", "file", TOO_DEEP)
     if not isinstance(records, Pairs):
         fail(f"{path}:1", "file", f"expected one JSON object PMID -> record, got {type(records).__name__}")
-    if any(key == "final_decision" for key, _ in records):  # a file of one Hugging Face row
-        yield from jsonl_rows(path, content, parse)
-        return
     seen = set()
     for pmid, rec in records:
         where = f"{path}: PMID {pmid}"
@@ -386,12 +390,14 @@ FIT_ORDER = ("medmcqa", "medagents", "medqa", "mmlu_pro", "pubmedqa", "generic")
 
 
 def guess_from_keys(keys):
-    if "choices" in keys or "opa" in keys:
+    if "choices" in keys or ("opa" in keys and "options" not in keys):
         return "medmcqa"
     if "answer_idx" in keys:
         return "medagents" if "subject" in keys else "medqa"
     if "question_id" in keys or "answer_index" in keys:
         return "mmlu_pro"
+    if "options" in keys:  # a row with its own options, whatever other fields it kept
+        return "generic"
     if "final_decision" in keys:
         return "pubmedqa"
     return "generic"
@@ -422,6 +428,17 @@ def fits(fmt, rec, path):
         return False
 
 
+def sniff_jsonl(content):
+    """The first SNIFF_LINES non-blank lines that parse as JSON by themselves (bad lines are the loader's to report)."""
+    out = []
+    for raw in [raw for raw in content.split("\n") if raw.strip()][:SNIFF_LINES]:
+        try:
+            out.append(json.loads(raw))
+        except (json.JSONDecodeError, RecursionError):
+            continue
+    return out
+
+
 def detect_format(path, content):
     """Guess the format from the file's content: a dict of records keyed by PMID, jsonl (the first format in FIT_ORDER
     that some of the first rows parse as), else csv. Returns (format, note): the note, empty when the guess is sure,
@@ -431,14 +448,7 @@ def detect_format(path, content):
             return "pubmedqa", ""
     except (json.JSONDecodeError, RecursionError):
         pass  # several lines: jsonl, or csv
-    records = []
-    for raw in [raw for raw in content.split("\n") if raw.strip()][:SNIFF_LINES]:
-        try:
-            rec = json.loads(raw)
-        except (json.JSONDecodeError, RecursionError):
-            continue  # the loader will report the bad line
-        if isinstance(rec, dict):
-            records.append(rec)
+    records = [rec for rec in sniff_jsonl(content) if isinstance(rec, dict)]
     if not records:
         # csv, or jsonl whose sniffed lines are all bad JSON: its errors should say so. A question may start with "{"
         broken_jsonl = content.lstrip().startswith("{") and not starts_with_mmlu_row(content)

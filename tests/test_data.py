@@ -152,7 +152,7 @@ def test_medmcqa_release_bad_rows(tmp_path):
     unlabelled = f"{tmp_path / 'hf_test.json'}:1: cop: -1 on every row (unlabelled, as in MedMCQA's test split); " \
                  "expected answers"
     for name, cops, message in (("few", (1, 3, -1), ambiguous), ("mixed", (4, 0, 1, 2), mixed),
-                                ("hf_test", (-1, -1), unlabelled)):
+                                ("hf_test", (-1, -1), unlabelled), ("few", (1, 3, 7), ambiguous)):
         p = write_jsonl(tmp_path / f"{name}.json", [{**row, "id": f"x{i}", "cop": c} for i, c in enumerate(cops)])
         for skip_bad in (False, True):
             with pytest.raises(data.DataError) as e:
@@ -350,6 +350,30 @@ def test_hugging_face_pubmedqa_rows(tmp_path):
     assert [it.id for it in data.load_mcqa(p, skip_bad=True)] == [str(rows[3]["pubid"]), str(rows[0]["pubid"])]
     p = write_jsonl(tmp_path / "bad.jsonl", [rows[0], rows[1], rows[0]])
     expect_error(p, f"{p}:3: id: '{rows[0]['pubid']}' is already the id of line 1; ids must be unique within a file")
+    p = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "context": {"labels": []}}])
+    expect_error(p, f"{p}:1: context.contexts: missing", "pubmedqa")
+    # a bad first line is that line's error (and skip_bad skips it), not the whole file's
+    p = tmp_path / "first.jsonl"
+    p.write_text(json.dumps(rows[0])[:-1] + "\n" + "".join(json.dumps(r) + "\n" for r in rows[1:3]))
+    expect_error(p, f"{p}:1: json: Expecting ',' delimiter (column {len(json.dumps(rows[0]))})")
+    assert len(data.load_mcqa(p, skip_bad=True)) == 2
+    # the authors' file with something after its object: the JSON error, where it is
+    p = tmp_path / "pq.json"
+    p.write_text(json.dumps(raw, indent=1) + "\n}\n")
+    line = json.dumps(raw, indent=1).count("\n") + 2
+    expect_error(p, f"{p}:{line}: json: Extra data (column 1)", "pubmedqa")
+
+
+def test_generic_rows_that_keep_other_formats_fields_stay_generic(tmp_path):
+    """A row with its own options and answer is the user's, whatever fields of PubMedQA or MedMCQA it kept."""
+    pq = {"pubid": 1, "question": "Q?", "context": {"contexts": ["c"]}, "final_decision": "yes",
+          "options": {"A": "yes", "B": "no"}, "answer": "B", "id": "q1"}
+    mc = {"question": "Q2?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1,
+          "options": {"A": "d", "B": "c", "C": "b", "D": "a"}, "answer": "D", "id": "q2"}
+    for row in (pq, mc):
+        items = data.load_mcqa(write_jsonl(tmp_path / "mine.jsonl", [row, {**row, "id": "other"}]))
+        assert [(it.id, it.question, it.options, it.answer) for it in items[:1]] == \
+            [(row["id"], row["question"], row["options"], row["answer"])]
 
 
 def test_pubmedqa_error_names_the_record_key(tmp_path):
