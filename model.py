@@ -13,6 +13,8 @@ model, loading and saving, then the sampler. `python model.py CKPT "prompt"` sam
 import json
 import math
 import numbers
+import operator
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,13 +70,18 @@ class ModelArgs:
         if cfg.get("hidden_act", "silu") not in ("silu", "swish"):  # transformers maps both to SiLU
             fail(f"hidden_act {cfg['hidden_act']!r} is not supported; expected 'silu'")
         for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
-            if not isinstance(cfg.get(key), int) or cfg[key] <= 0:
+            if not is_int(cfg.get(key)) or cfg[key] <= 0:
                 fail(f"{key}: expected a positive integer, got {cfg.get(key)!r}")
+        eps = cfg.get("rms_norm_eps", 1e-6)
+        if not is_number(eps) or eps <= 0:
+            fail(f"rms_norm_eps: expected a positive number, got {eps!r}")
         types = cfg.get("layer_types")
         if types is None:  # as transformers derives them: with a sliding window, layers from max_window_layers on
             window = cfg.get("use_sliding_window", False) and cfg.get("sliding_window", 4096) is not None
             types = ["sliding_attention" if window and i >= cfg.get("max_window_layers", 28) else "full_attention"
                      for i in range(cfg["num_hidden_layers"])]
+        if not isinstance(types, list) or len(types) != cfg["num_hidden_layers"]:
+            fail(f"layer_types: expected a list of one type per layer ({cfg['num_hidden_layers']}), got {types!r:.80}")
         if any(t != "full_attention" for t in types):
             fail(f"layer_types {sorted(set(types))} (from layer_types or use_sliding_window) is not supported; "
                  "sliding-window attention is not implemented, only 'full_attention' is")
@@ -87,12 +94,14 @@ class ModelArgs:
                 fail(f"{key} with rope_type {kind!r} is not supported; only plain RoPE ('default') is implemented")
         params = cfg.get("rope_parameters") or {}
         theta = params["rope_theta"] if "rope_theta" in params else cfg.get("rope_theta", 10000.0)  # HF's default
-        if not isinstance(theta, (int, float)) or theta <= 0:
+        if not is_number(theta) or theta <= 0:
             fail(f"rope_theta: expected a positive number, got {theta!r}")
         n_heads = cfg["num_attention_heads"]
         n_kv = cfg.get("num_key_value_heads") or n_heads
+        if not is_int(n_kv) or n_kv <= 0:
+            fail(f"num_key_value_heads: expected a positive integer, got {n_kv!r}")
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
-        if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+        if not is_int(head_dim) or head_dim <= 0 or head_dim % 2:
             fail(f"head_dim: expected a positive even integer (RoPE rotates halves), got {head_dim!r}")
         if n_heads % n_kv:
             fail(f"num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}")
@@ -100,13 +109,13 @@ class ModelArgs:
             fail(f"hidden_size {cfg['hidden_size']} is not a multiple of num_attention_heads {n_heads} "
                  "(and no head_dim is given)")
         max_pos = cfg.get("max_position_embeddings", 32768)
-        if not isinstance(max_pos, int) or max_pos <= 0:
+        if not is_int(max_pos) or max_pos <= 0:
             fail(f"max_position_embeddings: expected a positive integer, got {max_pos!r}")
         eos = token_ids(cfg.get("eos_token_id"), "eos_token_id", fail)
         return cls(
             dim=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=n_heads, n_kv_heads=n_kv,
             intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
+            norm_eps=float(eps), rope_theta=float(theta),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             max_seq_len=max_pos, eos_ids=eos, bos_id=cfg.get("bos_token_id"), head_dim=head_dim,
         )
@@ -125,10 +134,18 @@ class ModelArgs:
         }
 
 
+def is_int(x):  # JSON's true and false are ints to Python
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def token_ids(value, key, fail) -> tuple[int, ...]:
     """A config's token id field (null, an id, or a list of ids, as eos_token_id may be) as a tuple."""
     ids = [] if value is None else value if isinstance(value, list) else [value]
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+    if not all(is_int(i) and i >= 0 for i in ids):
         fail(f"{key}: expected a token id or a list of them, got {value!r}")
     return tuple(ids)
 
@@ -354,8 +371,9 @@ class Transformer(nn.Module):
     def from_pretrained(cls, path, device="cpu", dtype=torch.float32) -> "Transformer":
         # a string: "bfloat16", as config.json spells it
         resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
-        if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-            raise ValueError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, got {dtype!r}")
+        if resolved not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise ValueError(f"dtype must be torch.float32, torch.bfloat16, torch.float16 or torch.float64, got "
+                             f"{dtype!r}")
         return load_checkpoint(path, device, resolved)
 
 
@@ -390,7 +408,9 @@ def reply_end_ids(path: Path, known) -> tuple[int, ...]:
 
         def fail(msg):
             raise ValueError(f"{gen_file}: {msg}")
-        known += token_ids(gen.get("eos_token_id") if isinstance(gen, dict) else None, "eos_token_id", fail)
+        if not isinstance(gen, dict):
+            fail(f"expected a JSON object at the top level, got {type(gen).__name__}")
+        known += token_ids(gen.get("eos_token_id"), "eos_token_id", fail)
     if known or not (tok_cfg_file.is_file() and tok_file.is_file()):
         return known
     tok_cfg, tok = read_json(tok_cfg_file), read_json(tok_file)
@@ -428,17 +448,35 @@ def checkpoint_files(path) -> list[Path]:
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
+def check_header(file, header) -> dict:
+    """The tensors of a safetensors header, each checked for the fields the reader uses."""
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: not a safetensors file (its header is a JSON {type(header).__name__}, not an object)")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for name, info in tensors.items():
+        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+              and isinstance(info.get("shape"), list) and all(is_int(d) and d >= 0 for d in info["shape"])
+              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+              and all(is_int(o) for o in info["data_offsets"]) and 0 <= info["data_offsets"][0] <= info["data_offsets"][1])
+        if not ok:
+            raise ValueError(f"{file}: not a safetensors file (tensor {name}: expected dtype, shape and data_offsets "
+                             f"[start, end], got {info!r:.120})")
+    return tensors
+
+
 def read_tensors(file):
     """Yields (name, shape, read) for each tensor of a .safetensors file, in file order; read() loads that tensor
     alone with a plain file read. (safetensors' loader memory-maps the whole file, and every mapped page it touches
     counts against the process: a 3B bf16 load would peak at twice the weights.)"""
     with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > os.fstat(f.fileno()).st_size - 8:
+            raise ValueError(f"{file}: not a safetensors file (its header would be {n} bytes, past the end of the file)")
         try:
-            n = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{file}: not a safetensors file (bad header: {e})") from None
-        header.pop("__metadata__", None)
+        header = check_header(file, header)
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             if info["dtype"] not in SAFETENSORS_DTYPES:
                 raise ValueError(f"{file}: tensor {name} has dtype {info['dtype']}; expected floating-point weights "
@@ -468,11 +506,15 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32) -> Transformer:
     with torch.device("meta"):
         model = Transformer(args)
     expected = dict(model.state_dict())
-    loaded, unexpected, misshaped = set(), [], []
+    loaded, unexpected, misshaped, source, stored_head = set(), [], [], {}, None
     for file in checkpoint_files(path):
         for name, shape, read in read_tensors(file):
+            if name in source:
+                raise ValueError(f"{path}: tensor {name} is stored twice, in {source[name]} and in {file.name}")
+            source[name] = file.name
             if name == "lm_head.weight" and args.tie_embeddings:
-                continue  # some tied checkpoints store the (identical) output matrix too
+                stored_head = read()  # some tied checkpoints store the output matrix too: it must be the embedding
+                continue
             if name not in expected:
                 unexpected.append(name)
                 continue
@@ -489,6 +531,11 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32) -> Transformer:
         parts += [f"unexpected {len(unexpected)}: {show(unexpected)}"] if unexpected else []
         parts += [f"wrong shape {len(misshaped)}: {show(misshaped)}"] if misshaped else []
         raise ValueError(f"{path}: checkpoint does not match its config.json; " + "; ".join(parts))
+    embed = model.model.embed_tokens.weight
+    if stored_head is not None and not (stored_head.shape == embed.shape and torch.equal(stored_head.to(device, dtype),
+                                                                                          embed)):
+        raise ValueError(f"{path}: config.json ties the output layer to the input embedding (tie_word_embeddings), "
+                         "but the checkpoint's lm_head.weight differs from model.embed_tokens.weight")
     model.init_rope()
     return model.eval()
 
@@ -612,11 +659,12 @@ def prompt_tensors(prompts, vocab_size):
                              f"prompt {i}: expected a list of token ids, got shape {tuple(t.shape)}")
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise ValueError(f"prompt {i}: token ids must be integers, got {t.dtype}")
+        t = t.long()  # uint32 and uint64 have no min() in torch
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"prompt {i}: token id {lo if lo < 0 else hi} is outside the vocabulary "
                              f"(0..{vocab_size - 1})")
-        rows.append(t.long())
+        rows.append(t)
     return rows
 
 
@@ -657,13 +705,24 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     prompts = prompt_tensors(prompts, model.args.vocab_size)
     if not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not (0 <= temperature < float("inf")) or not 0 < top_p <= 1 or not isinstance(top_k, numbers.Integral) or top_k < 0:
+    if (not (0 <= temperature < float("inf")) or not 0 < top_p <= 1 or not isinstance(top_k, numbers.Integral)
+            or isinstance(top_k, bool) or top_k < 0):
         raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k}")
+    try:
+        seed = None if seed is None else operator.index(seed)  # numpy and 0-d torch integers too
+    except TypeError:
+        raise ValueError(f"seed must be an integer, got {seed!r}") from None
+    if not 0 <= pad_id < model.args.vocab_size:
+        raise ValueError(f"pad_id {pad_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
     if stop is not None and not callable(stop):
         raise TypeError(f"stop must be a function of a row's new tokens (list[int]) -> bool, got {stop!r}")
     # an id, a list, numpy or torch ints; None or [] is none (torch makes [] a float tensor, so test its length)
-    eos_ids = torch.as_tensor([] if eos_id is None else eos_id).reshape(-1)
-    if len(eos_ids) and (eos_ids.dtype.is_floating_point or eos_ids.dtype == torch.bool):
+    try:
+        eos_ids = torch.as_tensor([] if eos_id is None else eos_id).reshape(-1)
+        ok = not len(eos_ids) or not (eos_ids.dtype.is_floating_point or eos_ids.dtype == torch.bool)
+    except (TypeError, RuntimeError, ValueError):  # a set, a string, ragged lists
+        ok = False
+    if not ok:
         raise ValueError(f"eos_id must be a token id or a list of them, got {eos_id!r}")
     eos_ids = [int(e) for e in eos_ids]
     B, P = len(prompts), max(len(p) for p in prompts)

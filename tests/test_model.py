@@ -453,7 +453,7 @@ def test_bad_input_errors(tmp_path, pair):
     for bad in (float("nan"), float("inf"), -0.5):
         with pytest.raises(ValueError, match="bad sampling settings"):
             M.generate(m, [[1, 2]], 4, temperature=bad)
-    with pytest.raises(ValueError, match="dtype must be a floating-point"):
+    with pytest.raises(ValueError, match="dtype must be torch.float32, torch.bfloat16"):
         M.Transformer.from_pretrained(tmp_path, dtype=torch.int8)
     with pytest.raises(ValueError, match="got 'bf16'"):
         M.Transformer.from_pretrained(tmp_path, dtype="bf16")
@@ -465,6 +465,22 @@ def test_bad_input_errors(tmp_path, pair):
         assert M.generate(m, [[1, 2]], 4, temperature=0, eos_id=eos).tokens == ref
     free = M.generate(m, [[1, 2]], 4, temperature=0).tokens
     assert M.generate(m, [[1, 2]], 4, temperature=0, eos_id=[]).tokens == free  # an empty list: no EOS id
+    # token ids stored as uint32 (Qwen's vocabulary does not fit uint16), seeds as numpy or torch integers
+    for dtype in (np.uint32, np.uint64, np.int16):
+        assert M.generate(m, [np.array([1, 2], dtype=dtype)], 4, temperature=0).tokens == free
+    sampled = M.generate(m, [[1, 2]], 4, seed=3).tokens
+    for seed in (np.int64(3), torch.tensor(3)):
+        assert M.generate(m, [[1, 2]], 4, seed=seed).tokens == sampled
+    with pytest.raises(ValueError, match="seed must be an integer, got 'x'"):
+        M.generate(m, [[1, 2]], 4, seed="x")
+    with pytest.raises(ValueError, match="bad sampling settings"):
+        M.generate(m, [[1, 2]], 4, top_k=True)
+    with pytest.raises(ValueError, match=f"pad_id -1 is outside the vocabulary \\(0..{VOCAB - 1}\\)"):
+        M.generate(m, [[1, 2], [3]], 4, pad_id=-1)
+    with pytest.raises(ValueError, match="eos_id must be a token id or a list of them"):
+        M.generate(m, [[1, 2]], 4, eos_id={3, 4})
+    with pytest.raises(ValueError, match="dtype must be torch.float32"):
+        M.Transformer.from_pretrained(tmp_path, dtype=torch.float8_e4m3fn)
 
 
 def test_quantized_checkpoint_is_refused(tmp_path):
@@ -494,6 +510,10 @@ def test_quantized_checkpoint_is_refused(tmp_path):
     ({"architectures": ["Qwen2ForSequenceClassification"]}, "architectures"),
     ({"max_position_embeddings": None}, "max_position_embeddings: expected a positive integer, got None"),
     ({"max_position_embeddings": 2048.5}, "max_position_embeddings: expected a positive integer, got 2048.5"),
+    ({"num_hidden_layers": True}, "num_hidden_layers: expected a positive integer, got True"),
+    ({"num_key_value_heads": 2.0}, "num_key_value_heads: expected a positive integer, got 2.0"),
+    ({"rms_norm_eps": "1e-6"}, "rms_norm_eps: expected a positive number, got '1e-6'"),
+    ({"layer_types": ["full_attention"]}, r"layer_types: expected a list of one type per layer \(2\)"),
 ])
 def test_unsupported_config(tmp_path, patch, message):
     hf_model(tmp_path)
@@ -527,6 +547,7 @@ def test_missing_unexpected_misshaped_tensors(tmp_path):
     (True, "model.safetensors.index.json", '{"weight_map": ["model.safetensors"]}', r"index.json: weight_map"),
     (True, "model.safetensors.index.json", "{oops", r"index.json: not valid JSON"),
     (False, "config.json", "[]", r"config.json: expected a JSON object at the top level, got list"),
+    (False, "generation_config.json", "[151643]", r"generation_config.json: expected a JSON object at the top level"),
 ])
 def test_malformed_json_files(tmp_path, shard, file, text, message):
     hf_model(tmp_path, shard=shard)
@@ -546,6 +567,56 @@ def test_tensor_bytes_must_match_its_shape(tmp_path):
     f.write_bytes(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
     with pytest.raises(ValueError, match=r"model.safetensors: tensor model.norm.weight spans .* \(252 bytes\), "
                                          r"but its shape \[64\] of F32 takes 256 bytes"):
+        M.Transformer.from_pretrained(tmp_path)
+
+
+def rewrite_header(f, change):
+    raw = f.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    hb = json.dumps(change(json.loads(raw[8:8 + n]))).encode()
+    f.write_bytes(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda h: list(h), r"its header is a JSON list, not an object"),
+    (lambda h: {**h, "model.norm.weight": {k: v for k, v in h["model.norm.weight"].items() if k != "dtype"}},
+     r"tensor model.norm.weight: expected dtype, shape and data_offsets"),
+    (lambda h: {**h, "model.norm.weight": "F32"}, r"tensor model.norm.weight: expected dtype, shape and data_offsets"),
+    (lambda h: {**h, "model.norm.weight": {**h["model.norm.weight"], "data_offsets": [8, 4]}},
+     r"tensor model.norm.weight: expected dtype, shape and data_offsets"),
+])
+def test_malformed_safetensors_header(tmp_path, change, message):
+    hf_model(tmp_path)
+    rewrite_header(tmp_path / "model.safetensors", change)
+    with pytest.raises(ValueError, match=r"model.safetensors: not a safetensors file \(" + message):
+        M.Transformer.from_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes((10**12).to_bytes(8, "little") + f.read_bytes()[8:])
+    with pytest.raises(ValueError, match=r"header would be 1000000000000 bytes, past the end of the file"):
+        M.Transformer.from_pretrained(tmp_path)
+
+
+def test_a_tensor_stored_twice_and_a_tied_output_layer_that_differs(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf_model(tmp_path, shard=True)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    first, second = sorted(set(index["weight_map"].values()))[:2]
+    a, b = load_file(tmp_path / first), load_file(tmp_path / second)
+    name = next(iter(a))
+    save_file({**b, name: a[name]}, tmp_path / second)
+    with pytest.raises(ValueError, match=f"tensor {name} is stored twice, in {first} and in {second}"):
+        M.Transformer.from_pretrained(tmp_path)
+
+    hf = hf_model(tmp_path := tmp_path / "tied", tied=True)
+    f = tmp_path / "model.safetensors"
+    sd = load_file(f)
+    save_file({**sd, "lm_head.weight": sd["model.embed_tokens.weight"].clone()}, f)  # the same matrix: fine
+    x = torch.randint(0, VOCAB, (1, 9))
+    with torch.no_grad():
+        assert (M.Transformer.from_pretrained(tmp_path)(x) - hf(x).logits).abs().max() <= 1e-4
+    save_file({**sd, "lm_head.weight": sd["model.embed_tokens.weight"] + 1}, f)
+    with pytest.raises(ValueError, match="lm_head.weight differs from model.embed_tokens.weight"):
         M.Transformer.from_pretrained(tmp_path)
 
 
