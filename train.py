@@ -168,13 +168,24 @@ def parse_config(argv=None) -> tuple[Config, str | None]:
             ap.add_argument(flag, choices=data.TEMPLATES, **kw)
         else:
             ap.add_argument(flag, type=f.type if f.type in (int, float) else str, **kw)
-    a = vars(ap.parse_args(argv))
+    a = absolute_paths(vars(ap.parse_args(argv)))
     preset, resume = a.pop("preset", None), a.pop("resume")
     if resume is not None:
         if preset is not None:
             raise SystemExit(f"--resume {resume}: a resumed run keeps its own config; --preset cannot be given")
         return resume_config(resume, a), resume
     return Config(**{**PRESETS[preset or "demo"], **a}), None
+
+
+def absolute_paths(flags: dict) -> dict:
+    """The model and data paths made absolute, so that config.json names the same files whatever folder a later
+    --resume runs from."""
+    if flags.get("model") is not None:
+        flags["model"] = str(Path(flags["model"]).resolve())
+    for key in ("train", "heldout"):
+        if key in flags:
+            flags[key] = [str(Path(f).resolve()) for f in flags[key]]
+    return flags
 
 
 def resume_config(run_dir, overrides) -> Config:
@@ -210,6 +221,19 @@ def check_config(cfg: Config, world: int):
                  "mini_batch_size", "micro_batch_size", "save_every", "keep_last", "sample_every", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             fail(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("warmup_steps", "n_samples", "min_think_words", "demo_warmup_steps"):
+        if getattr(cfg, name) < 0:
+            fail(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    # a negative weight or rate turns a term into its opposite (gradient ascent), a zero clip freezes training
+    for name in ("lr", "value_lr", "weight_decay", "vf_coef", "kl_coef"):
+        if not getattr(cfg, name) >= 0:
+            fail(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("grad_clip", "clip", "value_clip"):
+        if not getattr(cfg, name) > 0:
+            fail(f"{name} must be > 0, got {getattr(cfg, name)}")
+    for name in ("gamma", "lam"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            fail(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     if not (cfg.temperature > 0 and 0 < cfg.top_p <= 1):
         fail(f"temperature must be > 0 and top_p in (0, 1], got {cfg.temperature} and {cfg.top_p}")
     if cfg.prompts_per_step % world:

@@ -364,6 +364,19 @@ def test_resume_config_mismatch(base, tmp_path):
         train.main(["--resume", str(run)])
 
 
+def test_relative_paths_resume_from_anywhere(base, tmp_path, monkeypatch):
+    """config.json holds absolute model and data paths: a --resume from another folder reads the same files, and the
+    same folder named another way is no mismatch."""
+    monkeypatch.chdir(base.parent)
+    rel = ["--model", f"{base.name}/base", "--train", f"{base.name}/data/train.jsonl", *TINY]
+    train.main([*rel, "--out", str(tmp_path / "rel"), "--steps", "1", "--save-every", "1"])
+    cfg = json.loads((tmp_path / "rel" / "config.json").read_text())
+    assert cfg["model"] == str(base / "base") and cfg["train"] == [str(base / "data" / "train.jsonl")]
+    monkeypatch.chdir(tmp_path)
+    train.main(["--resume", str(tmp_path / "rel"), "--steps", "2", "--model", str(base / "base" / ".." / "base")])
+    assert [m["step"] for m in metrics(tmp_path / "rel")] == [1, 2]
+
+
 def test_corrupted_checkpoint(base, tmp_path):
     run = tmp_path / "c"
     shutil.copytree(base, run)
@@ -438,6 +451,17 @@ def test_empty_dataset_and_indivisible_batch(base, tmp_path):
     with pytest.raises(SystemExit, match="grpo needs group_size >= 2"):
         train.main(real_run(base, "--out", str(tmp_path / "g"), "--algo", "grpo", "--group-size", "1",
                             "--mini-batch-size", "8", "--micro-batch-size", "8"))
+    # values that would turn training into its opposite (a negative rate or weight) or freeze it (a zero clip)
+    for flag, value, message in (("--warmup-steps", "-1", "warmup_steps must be >= 0"),
+                                 ("--n-samples", "-1", "n_samples must be >= 0"),
+                                 ("--lr", "-1e-4", "lr must be >= 0"), ("--kl-coef", "-0.1", "kl_coef must be >= 0"),
+                                 ("--vf-coef", "-1", "vf_coef must be >= 0"),
+                                 ("--grad-clip", "0", "grad_clip must be > 0"), ("--clip", "-0.1", "clip must be > 0"),
+                                 ("--gamma", "1.5", r"gamma must be in \[0, 1\]"),
+                                 ("--lam", "nan", r"lam must be in \[0, 1\]")):
+        with pytest.raises(SystemExit, match=message):
+            train.main(real_run(base, "--out", str(tmp_path / "n"), f"{flag}={value}"))
+    assert not (tmp_path / "n").exists()
 
 
 def test_sft_learns_the_synthetic_task(base, tmp_path):
