@@ -486,8 +486,8 @@ def sync_rollout(policy: Policy, rollout_lm: M.Transformer):
         t.copy_(full[name])
 
 
-def save_checkpoint(run: Path, step: int, policy: Policy, opt, sched, cursor: int, keep_last: int, tokenizer_file,
-                    rank: int):
+def save_checkpoint(run: Path, step: int, policy: Policy, opt, sched, cursor: int, seconds: float, keep_last: int,
+                    tokenizer_file, rank: int):
     """Called on every rank (gathering FSDP shards is collective); rank 0 writes."""
     model_state = get_model_state_dict(policy, options=FULL_ON_RANK0_CPU)
     opt_state = get_optimizer_state_dict(policy, opt, options=FULL_ON_RANK0_CPU)
@@ -502,7 +502,7 @@ def save_checkpoint(run: Path, step: int, policy: Policy, opt, sched, cursor: in
     shutil.copy(tokenizer_file, tmp / "model" / "tokenizer.json")
     value = {k.removeprefix("value."): v for k, v in model_state.items() if k.startswith("value.")}
     torch.save(dict(value=value, optimizer=opt_state, scheduler=sched.state_dict(), rng=rng_state()), tmp / "state.pt")
-    (tmp / "progress.json").write_text(json.dumps(dict(step=step, cursor=cursor)))
+    (tmp / "progress.json").write_text(json.dumps(dict(step=step, cursor=cursor, seconds=seconds)))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -517,7 +517,8 @@ def latest_checkpoint(run: Path):
 
 
 def load_checkpoint(ckpt: Path, policy: Policy, opt, sched):
-    """Restores the weights, value head, optimizer, schedule and RNG on every rank; returns (step, cursor)."""
+    """Restores the weights, value head, optimizer, schedule and RNG on every rank; returns (step, cursor, seconds
+    the run had taken)."""
     try:
         progress = json.loads((ckpt / "progress.json").read_text())
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
@@ -528,7 +529,7 @@ def load_checkpoint(ckpt: Path, policy: Policy, opt, sched):
         set_optimizer_state_dict(policy, opt, state["optimizer"], options=FULL)
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        return progress["step"], progress["cursor"]
+        return progress["step"], progress["cursor"], progress.get("seconds", 0.0)
     except Exception as e:
         raise SystemExit(f"checkpoint {ckpt} is unreadable or incomplete ({type(e).__name__}: {e}); it was left as "
                          "it is. Remove it to resume from the one before.") from None
@@ -889,7 +890,8 @@ def main(argv=None):
     if resume is not None:
         ckpt = latest_checkpoint(run)
         if ckpt is not None:
-            step, cursor = load_checkpoint(ckpt, policy, opt, sched)
+            step, cursor, seconds = load_checkpoint(ckpt, policy, opt, sched)
+            t_start -= seconds  # `seconds` counts the whole run, not this process
             if step > cfg.steps:
                 raise SystemExit(f"--resume {run}: the run is already at step {step}, past --steps {cfg.steps}")
             log(f"resumed from {ckpt} (step {step})")
@@ -955,11 +957,14 @@ def main(argv=None):
         # not after a step whose updates were all skipped (the last good checkpoint stays the latest), but always at
         # the end, which would otherwise lose the steps since the last checkpoint
         if (step % cfg.save_every == 0 and metrics is not None) or step == cfg.steps:
-            save_checkpoint(run, step, policy, opt, sched, cursor, cfg.keep_last, model_dir / "tokenizer.json", rank)
+            save_checkpoint(run, step, policy, opt, sched, cursor, time.time() - t_start, cfg.keep_last,
+                            model_dir / "tokenizer.json", rank)
             barrier(world)
     bar.close()
 
-    final = dict(steps=cfg.steps, seconds=time.time() - t_start, algo=cfg.algo)
+    # the held-out keys are always there: null without held-out data (a --model run without --heldout)
+    final = dict(steps=cfg.steps, seconds=time.time() - t_start, algo=cfg.algo, heldout_n=0, heldout_accuracy=None,
+                 heldout_format_rate=None)
     if heldout:
         sync_rollout(policy, rollout_lm)
         greedy = heldout_eval(cfg, rollout_lm, tokenizer, heldout, eos_ids, rank, world, temperature=0.0)
@@ -976,7 +981,8 @@ def main(argv=None):
         final["rank_checksums"] = [None] * world
         dist.all_gather_object(final["rank_checksums"], checksum)
     if rank == 0:
-        (run / "final.json").write_text(json.dumps(final, indent=2))
+        (run / "final.json.tmp").write_text(json.dumps(final, indent=2))
+        os.replace(run / "final.json.tmp", run / "final.json")
         summary = f"done: {cfg.algo}, {cfg.steps} steps, {final['seconds']:.0f}s in all"
         if first and "reward_mean" in first and "reward_mean" in last:
             summary += (f"; reward {first['reward_mean']:+.2f} -> {last['reward_mean']:+.2f}, accuracy "

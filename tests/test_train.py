@@ -92,6 +92,9 @@ def test_resume_is_exact(base, tmp_path):
     assert all(torch.equal(sa["value"][k], sb["value"][k]) for k in sa["value"])
     assert [m["step"] for m in metrics(resumed)] == [1, 2, 3, 4]  # no duplicated log lines
     assert metrics(resumed)[-1]["reward_mean"] == metrics(straight)[-1]["reward_mean"]
+    # `seconds` counts the whole run, across the resume
+    seconds = [m["seconds"] for m in metrics(resumed)]
+    assert seconds == sorted(seconds) and json.loads((resumed / "final.json").read_text())["seconds"] > seconds[1]
 
 
 def test_exported_checkpoint_matches_transformers(base):
@@ -369,7 +372,8 @@ def test_relative_paths_resume_from_anywhere(base, tmp_path, monkeypatch):
     same folder named another way is no mismatch."""
     monkeypatch.chdir(base.parent)
     rel = ["--model", f"{base.name}/base", "--train", f"{base.name}/data/train.jsonl", *TINY]
-    train.main([*rel, "--out", str(tmp_path / "rel"), "--steps", "1", "--save-every", "1"])
+    final = train.main([*rel, "--out", str(tmp_path / "rel"), "--steps", "1", "--save-every", "1"])
+    assert (final["heldout_n"], final["heldout_accuracy"], final["heldout_format_rate"]) == (0, None, None)
     cfg = json.loads((tmp_path / "rel" / "config.json").read_text())
     assert cfg["model"] == str(base / "base") and cfg["train"] == [str(base / "data" / "train.jsonl")]
     monkeypatch.chdir(tmp_path)
