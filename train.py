@@ -255,6 +255,9 @@ def check_config(cfg: Config, world: int):
         fail("--train and --heldout need --model: without one, the demo trains its tiny model on its own synthetic "
              "task")
     if cfg.model is None:
+        if cfg.template == "chat":  # as eval.py, which would refuse the demo model then
+            fail("template chat needs <|im_start|> and <|im_end|> tokens, which the demo's small tokenizer does not "
+                 "have; use base, direct or cot")
         if cfg.demo_n_heldout < 1:
             fail(f"demo_n_heldout must be >= 1 (the demo ends on its held-out accuracy), got {cfg.demo_n_heldout}")
         try:
@@ -858,6 +861,7 @@ def main(argv=None):
             raise SystemExit("--model needs --train FILE [FILE ...] (MCQA data, see data.py)")
     try:
         tokenizer = M.load_tokenizer(model_dir)
+        evaluation.check_template_fits(cfg.template, tokenizer, model_dir)
         items = load_items(train_files, tokenizer, cfg, "--train")
         heldout = load_items(heldout_files, tokenizer, cfg, "--heldout") if heldout_files else []
         lm = M.Transformer.from_pretrained(model_dir, device=device, dtype=torch.float32)

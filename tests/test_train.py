@@ -4,6 +4,7 @@ non-finite steps, and clear errors on bad input. One warmed-up base model is bui
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -465,6 +466,12 @@ def test_empty_dataset_and_indivisible_batch(base, tmp_path):
                                  ("--lam", "nan", r"lam must be in \[0, 1\]")):
         with pytest.raises(SystemExit, match=message):
             train.main(real_run(base, "--out", str(tmp_path / "n"), f"{flag}={value}"))
+    assert not (tmp_path / "n").exists()
+    # the chat markup needs a chat model's tokenizer, as in eval.py
+    with pytest.raises(SystemExit, match=re.escape("--template chat needs the tokens <|im_start|>, <|im_end|>")):
+        train.main(real_run(base, "--out", str(tmp_path / "n"), "--template", "chat"))
+    with pytest.raises(SystemExit, match=re.escape("template chat needs <|im_start|> and <|im_end|> tokens")):
+        train.main(["--out", str(tmp_path / "n"), "--template", "chat"])
     assert not (tmp_path / "n").exists()
 
 
