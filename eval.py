@@ -397,13 +397,19 @@ def evaluate(argv):
 # python eval.py compare A/results.json B/results.json
 
 
-def read_jsonl(path):
+def read_jsonl(path, torn_tail=False):
+    """torn_tail: a last line that is not JSON is dropped (a log that a killed run was appending to, which
+    train.py --resume drops too)."""
+    lines = Path(path).read_text().splitlines()
     rows = []
-    for line, raw in enumerate(Path(path).read_text().splitlines(), start=1):
+    for line, raw in enumerate(lines, start=1):
         if raw.strip():
             try:
                 rows.append(json.loads(raw))
             except json.JSONDecodeError as e:
+                if torn_tail and not any(r.strip() for r in lines[line:]):
+                    print(f"{path}:{line}: skipped a last line cut short (a killed run)", file=sys.stderr)
+                    continue
                 fail(f"{path}:{line}: not valid JSON ({e.msg}, column {e.colno})")
     return rows
 
@@ -585,14 +591,14 @@ def report(argv):
     run = Path(args.run)
     if not (run / "metrics.jsonl").is_file():
         fail(f"{run}: no metrics.jsonl (expected a run folder written by train.py)")
-    metrics = read_jsonl(run / "metrics.jsonl")
+    metrics = read_jsonl(run / "metrics.jsonl", torn_tail=True)
     if not metrics:
         fail(f"{run / 'metrics.jsonl'}: empty, no step was logged")
     for n, m in enumerate(metrics, start=1):
         if not isinstance(m.get("step"), int):
             fail(f"{run / 'metrics.jsonl'}:{n}: step: expected an integer")
     metrics.sort(key=lambda m: m["step"])
-    samples = read_jsonl(run / "samples.jsonl") if (run / "samples.jsonl").is_file() else []
+    samples = read_jsonl(run / "samples.jsonl", torn_tail=True) if (run / "samples.jsonl").is_file() else []
     for n, s in enumerate(samples, start=1):
         if not isinstance(s.get("step"), int) or not isinstance(s.get("response"), str):
             fail(f"{run / 'samples.jsonl'}:{n}: expected an integer step and a string response")

@@ -509,15 +509,21 @@ def test_report_sft_run_without_matplotlib(tmp_path, monkeypatch, capsys):
     run = tmp_path / "sft"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps(dict(step=s, sft_loss=2.0 / s, response_len=9.0)) + "\n"
-                                               for s in range(1, 6)))
+                                               for s in range(1, 6)) + '{"step": 6, "sft_lo')  # killed mid-line
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     (run / "report").mkdir()
     (run / "report" / "reward.png").write_bytes(b"an earlier report's plot")
     folder = E.main(["report", str(run)])
-    assert "pip install matplotlib" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "pip install matplotlib" in out.out and "metrics.jsonl:6: skipped a last line cut short" in out.err
     md = (folder / "report.md").read_text()
     assert "| sft_loss | 2 | 0.4 | 0.4 (5) |" in md and "reward_mean" not in md
     assert not list(folder.glob("*.png"))
+    # a bad line before the last is no torn tail: still an error
+    lines = (run / "metrics.jsonl").read_text().split("\n")
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "{oops", *lines[1:5]]) + "\n")
+    with pytest.raises(SystemExit, match="metrics.jsonl:2: not valid JSON"):
+        E.main(["report", str(run)])
 
 
 def test_report_sft_run_plots_what_exists(tmp_path):
