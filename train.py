@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 8 train.py --preset qwen2.5-3b --model Qwen2.5-3B --train medqa_train.jsonl \\
         --heldout medqa_test.jsonl --out runs/rlvr
     python train.py --resume runs/rlvr                # continue exactly where a run stopped
-    python train.py --algo sft ...                    # the supervised baseline, same data, checkpoints, metrics
+    python train.py --algo sft ...                    # the supervised baseline, same data and checkpoints
 
 One step: draw prompts -> sample replies with the KV-cached sampler -> verifier rewards -> old log-probs, values,
 reference log-probs -> per-token rewards (KL penalty + outcome on the last token) -> advantages -> PPO epochs over
@@ -19,6 +19,8 @@ time), then runs RL on the synthetic drug-disease task from data.py with the sam
 
 Run folder (--out): config.json, metrics.jsonl (one object per step), samples.jsonl (full replies every few steps),
 checkpoints/step_XXXXXX/ (policy in HF layout + value head, optimizer, schedule, RNG states, data cursor), final.json.
+An SFT step samples no replies: its metrics are sft_loss, lr, grad_norm, lengths and timings, and it writes no
+samples.jsonl (reward, accuracy, KL and the PPO losses would be made up).
 """
 
 import argparse
