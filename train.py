@@ -17,7 +17,8 @@ The demo (no --model) builds a tiny Qwen2-shaped model and a small tokenizer, gi
 noisy teacher so that it behaves like a base model (it follows the format only sometimes and is right only half the
 time), then runs RL on the synthetic drug-disease task from data.py with the same sampler, verifier and PPO.
 
-Run folder (--out): config.json, metrics.jsonl (one object per step), samples.jsonl (full replies every few steps),
+Run folder (--out): config.json, inputs.json (what --resume must find unchanged: training data hashes, model
+config and weight sizes), metrics.jsonl (one object per step), samples.jsonl (full replies every few steps),
 checkpoints/step_XXXXXX/ (policy in HF layout + value head, optimizer, schedule, RNG states, data cursor), final.json.
 An SFT step samples no replies: its metrics are sft_loss, lr, grad_norm, lengths and timings, and it writes no
 samples.jsonl (reward, accuracy, KL and the PPO losses would be made up).
@@ -25,6 +26,7 @@ samples.jsonl (reward, accuracy, KL and the PPO losses would be made up).
 
 import argparse
 import copy
+import hashlib
 import inspect
 import json
 import math
@@ -820,6 +822,34 @@ def write_config(cfg: Config, run: Path, rank, world):
     return run
 
 
+def input_fingerprint(model_dir, train_files) -> dict:
+    """What a resumed run must find as it was: each training file's sha256, and the model folder's config.json and
+    weight file sizes (hashing gigabytes of weights would take minutes). Keyed by role, not path: a run folder that
+    holds its inputs (the demo's) may be moved."""
+    def sha256(f):
+        return hashlib.sha256(Path(f).read_bytes()).hexdigest()
+    model_dir = Path(model_dir)
+    fingerprint = {f"--train file {i + 1}": sha256(f) for i, f in enumerate(train_files)}
+    fingerprint["model config.json"] = sha256(model_dir / "config.json")
+    for f in sorted(model_dir.glob("*.safetensors")):
+        fingerprint[f"model {f.name}"] = f"{f.stat().st_size} bytes"
+    return fingerprint
+
+
+def check_inputs(run: Path, fingerprint: dict, resume, rank, world):
+    """A resume refuses model or training files that changed since the run began (recorded in inputs.json)."""
+    f = run / "inputs.json"
+    if resume is not None and f.is_file():
+        saved = json.loads(f.read_text())
+        changed = sorted(k for k in saved.keys() | fingerprint.keys() if saved.get(k) != fingerprint.get(k))
+        if changed:
+            raise SystemExit(f"--resume {run}: these inputs changed since the run began (or are new or gone): "
+                             f"{', '.join(changed)}; a resumed run must train on the same model and data")
+    elif rank == 0:
+        f.write_text(json.dumps(fingerprint, indent=2))
+    barrier(world)
+
+
 def barrier(world):
     if world > 1:
         dist.barrier()
@@ -877,6 +907,7 @@ def main(argv=None):
         check_context(cfg, lm.args.max_seq_len, model_dir)
     if resume is None and cfg.model is not None:
         write_config(cfg, run, rank, world)  # only now: a run that fails on its inputs leaves no folder behind
+    check_inputs(run, input_fingerprint(model_dir, train_files), resume, rank, world)
 
     lm.checkpointing = cfg.grad_checkpointing
     policy = Policy(lm, value_head=cfg.algo in ppo.NEEDS_VALUES).to(device)

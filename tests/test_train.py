@@ -382,6 +382,25 @@ def test_relative_paths_resume_from_anywhere(base, tmp_path, monkeypatch):
     assert [m["step"] for m in metrics(tmp_path / "rel")] == [1, 2]
 
 
+def test_resume_refuses_changed_inputs(base, tmp_path):
+    """inputs.json records the training data's hashes and the model's config and weight sizes: a resume on other
+    contents at the same paths would not continue the same run."""
+    data_file = tmp_path / "train.jsonl"
+    shutil.copy(base / "data" / "train.jsonl", data_file)
+    run = tmp_path / "r"
+    train.main(["--model", str(base / "base"), "--train", str(data_file), *TINY, "--out", str(run), "--steps", "1",
+                "--save-every", "1"])
+    assert set(json.loads((run / "inputs.json").read_text())) == {"--train file 1", "model config.json",
+                                                                   "model model.safetensors"}
+    original = data_file.read_text()
+    data_file.write_text("".join(original.splitlines(keepends=True)[:-1]))  # one item fewer
+    with pytest.raises(SystemExit, match=r"these inputs changed since the run began .*: --train file 1;"):
+        train.main(["--resume", str(run), "--steps", "2"])
+    data_file.write_text(original)
+    train.main(["--resume", str(run), "--steps", "2"])
+    assert [m["step"] for m in metrics(run)] == [1, 2]
+
+
 def test_corrupted_checkpoint(base, tmp_path):
     run = tmp_path / "c"
     shutil.copytree(base, run)
