@@ -97,7 +97,8 @@ class ModelArgs:
         if not is_number(theta) or theta <= 0:
             fail(f"rope_theta: expected a positive number, got {theta!r}")
         n_heads = cfg["num_attention_heads"]
-        n_kv = cfg.get("num_key_value_heads") or n_heads
+        n_kv = cfg.get("num_key_value_heads")
+        n_kv = n_heads if n_kv is None else n_kv  # as transformers: absent means one KV head per query head
         if not is_int(n_kv) or n_kv <= 0:
             fail(f"num_key_value_heads: expected a positive integer, got {n_kv!r}")
         head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
@@ -708,10 +709,13 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     if (not (0 <= temperature < float("inf")) or not 0 < top_p <= 1 or not isinstance(top_k, numbers.Integral)
             or isinstance(top_k, bool) or top_k < 0):
         raise ValueError(f"bad sampling settings: temperature={temperature} top_p={top_p} top_k={top_k}")
-    try:
-        seed = None if seed is None else operator.index(seed)  # numpy and 0-d torch integers too
+    try:  # numpy and 0-d torch integers too, not True
+        if isinstance(seed, bool) or isinstance(pad_id, bool):
+            raise TypeError
+        seed = None if seed is None else operator.index(seed)
+        pad_id = operator.index(pad_id)
     except TypeError:
-        raise ValueError(f"seed must be an integer, got {seed!r}") from None
+        raise ValueError(f"seed and pad_id must be integers, got seed={seed!r}, pad_id={pad_id!r}") from None
     if not 0 <= pad_id < model.args.vocab_size:
         raise ValueError(f"pad_id {pad_id} is outside the vocabulary (0..{model.args.vocab_size - 1})")
     if stop is not None and not callable(stop):
@@ -725,6 +729,8 @@ def generate(model: Transformer, prompts, max_new_tokens: int, temperature: floa
     if not ok:
         raise ValueError(f"eos_id must be a token id or a list of them, got {eos_id!r}")
     eos_ids = [int(e) for e in eos_ids]
+    if any(not 0 <= e < model.args.vocab_size for e in eos_ids):  # it is fed back as the input of finished rows
+        raise ValueError(f"eos_id {eos_ids} is outside the vocabulary (0..{model.args.vocab_size - 1})")
     B, P = len(prompts), max(len(p) for p in prompts)
     if P + max_new_tokens > model.args.max_seq_len:
         raise ValueError(f"longest prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "

@@ -184,11 +184,11 @@ def parse_config(argv=None) -> tuple[Config, str | None]:
 def absolute_paths(flags: dict) -> dict:
     """The model and data paths made absolute, so that config.json names the same files whatever folder a later
     --resume runs from."""
-    if flags.get("model") is not None:
+    if isinstance(flags.get("model"), str):
         flags["model"] = str(Path(flags["model"]).resolve())
     for key in ("train", "heldout"):
-        if key in flags:
-            flags[key] = [str(Path(f).resolve()) for f in flags[key]]
+        if isinstance(flags.get(key), list):
+            flags[key] = [str(Path(f).resolve()) if isinstance(f, str) else f for f in flags[key]]
     return flags
 
 
@@ -201,6 +201,8 @@ def resume_config(run_dir, overrides) -> Config:
     except json.JSONDecodeError as e:
         raise SystemExit(f"{f}: not valid JSON ({e}); not a config written by this train.py") from None
     known = {x.name for x in fields(Config)}
+    if isinstance(saved, dict):
+        saved = absolute_paths(saved)  # a run from before paths were stored absolute: read from here, as it was
     if set(saved) != known:
         odd, lacking = sorted(set(saved) - known), sorted(known - set(saved))
         raise SystemExit(f"{f}: not a config written by this train.py (unknown keys {odd}, missing keys {lacking})")
@@ -232,7 +234,9 @@ def check_config(cfg: Config, world: int):
     for name in ("lr", "value_lr", "weight_decay", "vf_coef", "kl_coef"):
         if not getattr(cfg, name) >= 0:
             fail(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    for name in ("grad_clip", "clip", "value_clip"):
+    clips = ["grad_clip"] + (["clip"] if cfg.algo != "sft" else []) + \
+        (["value_clip"] if cfg.algo in ppo.NEEDS_VALUES else [])
+    for name in clips:
         if not getattr(cfg, name) > 0:
             fail(f"{name} must be > 0, got {getattr(cfg, name)}")
     for name in ("gamma", "lam"):
@@ -823,30 +827,40 @@ def write_config(cfg: Config, run: Path, rank, world):
 
 
 def input_fingerprint(model_dir, train_files) -> dict:
-    """What a resumed run must find as it was: each training file's sha256, and the model folder's config.json and
-    weight file sizes (hashing gigabytes of weights would take minutes). Keyed by role, not path: a run folder that
-    holds its inputs (the demo's) may be moved."""
+    """What a resumed run must find as it was: the sha256 of each training file and of the model folder's small files
+    (config, generation config, tokenizer), and the sizes of the weight files it loads (hashing gigabytes of weights
+    would take minutes). Keyed by role, not path: a run folder that holds its inputs (the demo's) may be moved."""
     def sha256(f):
         return hashlib.sha256(Path(f).read_bytes()).hexdigest()
     model_dir = Path(model_dir)
     fingerprint = {f"--train file {i + 1}": sha256(f) for i, f in enumerate(train_files)}
-    fingerprint["model config.json"] = sha256(model_dir / "config.json")
-    for f in sorted(model_dir.glob("*.safetensors")):
+    for name in ("config.json", "generation_config.json", "tokenizer.json"):
+        if (model_dir / name).is_file():
+            fingerprint[f"model {name}"] = sha256(model_dir / name)
+    for f in M.checkpoint_files(model_dir):
         fingerprint[f"model {f.name}"] = f"{f.stat().st_size} bytes"
     return fingerprint
 
 
 def check_inputs(run: Path, fingerprint: dict, resume, rank, world):
-    """A resume refuses model or training files that changed since the run began (recorded in inputs.json)."""
+    """A resume refuses model or training files that changed since the run began (recorded in inputs.json; a run
+    from before inputs.json existed gets one now)."""
     f = run / "inputs.json"
-    if resume is not None and f.is_file():
-        saved = json.loads(f.read_text())
+    recorded = resume is not None and f.is_file()
+    barrier(world)  # every rank has looked before rank 0 may write it
+    if recorded:
+        try:
+            saved = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{f}: not valid JSON ({e}); remove it to resume without the check") from None
         changed = sorted(k for k in saved.keys() | fingerprint.keys() if saved.get(k) != fingerprint.get(k))
         if changed:
             raise SystemExit(f"--resume {run}: these inputs changed since the run began (or are new or gone): "
                              f"{', '.join(changed)}; a resumed run must train on the same model and data")
     elif rank == 0:
-        f.write_text(json.dumps(fingerprint, indent=2))
+        tmp = run / "inputs.json.tmp"
+        tmp.write_text(json.dumps(fingerprint, indent=2))
+        os.replace(tmp, f)
     barrier(world)
 
 

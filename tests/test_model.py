@@ -471,8 +471,12 @@ def test_bad_input_errors(tmp_path, pair):
     sampled = M.generate(m, [[1, 2]], 4, seed=3).tokens
     for seed in (np.int64(3), torch.tensor(3)):
         assert M.generate(m, [[1, 2]], 4, seed=seed).tokens == sampled
-    with pytest.raises(ValueError, match="seed must be an integer, got 'x'"):
-        M.generate(m, [[1, 2]], 4, seed="x")
+    for seed, pad_id in (("x", 0), (True, 0), (None, 1.5), (None, None)):
+        with pytest.raises(ValueError, match="seed and pad_id must be integers"):
+            M.generate(m, [[1, 2]], 4, seed=seed, pad_id=pad_id)
+    for eos in (VOCAB + 5, -1, [3, VOCAB]):  # fed back as the input of finished rows: must be a token
+        with pytest.raises(ValueError, match=f"is outside the vocabulary \\(0..{VOCAB - 1}\\)"):
+            M.generate(m, [[1, 2]], 4, eos_id=eos)
     with pytest.raises(ValueError, match="bad sampling settings"):
         M.generate(m, [[1, 2]], 4, top_k=True)
     with pytest.raises(ValueError, match=f"pad_id -1 is outside the vocabulary \\(0..{VOCAB - 1}\\)"):
@@ -512,6 +516,7 @@ def test_quantized_checkpoint_is_refused(tmp_path):
     ({"max_position_embeddings": 2048.5}, "max_position_embeddings: expected a positive integer, got 2048.5"),
     ({"num_hidden_layers": True}, "num_hidden_layers: expected a positive integer, got True"),
     ({"num_key_value_heads": 2.0}, "num_key_value_heads: expected a positive integer, got 2.0"),
+    ({"num_key_value_heads": 0}, "num_key_value_heads: expected a positive integer, got 0"),
     ({"rms_norm_eps": "1e-6"}, "rms_norm_eps: expected a positive number, got '1e-6'"),
     ({"layer_types": ["full_attention"]}, r"layer_types: expected a list of one type per layer \(2\)"),
 ])

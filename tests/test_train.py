@@ -298,6 +298,13 @@ def test_an_added_estimator_that_reads_values_gets_a_value_head(base, tmp_path, 
     assert value and all(torch.isfinite(v).all() for v in value.values())
 
 
+def test_clips_are_checked_where_they_act():
+    train.check_config(train.Config(algo="grpo", value_clip=0.0), 1)  # no value head: value_clip does nothing
+    train.check_config(train.Config(algo="sft", clip=0.0, value_clip=0.0), 1)
+    with pytest.raises(SystemExit, match="value_clip must be > 0"):
+        train.check_config(train.Config(algo="gae", value_clip=0.0), 1)
+
+
 def test_kl_defaults_follow_the_algorithm():
     assert (train.Config().kl_in_reward, train.Config().kl_kind) == (True, "k1")
     assert (train.Config(algo="grpo").kl_in_reward, train.Config(algo="grpo").kl_kind) == (False, "k3")
@@ -380,25 +387,41 @@ def test_relative_paths_resume_from_anywhere(base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train.main(["--resume", str(tmp_path / "rel"), "--steps", "2", "--model", str(base / "base" / ".." / "base")])
     assert [m["step"] for m in metrics(tmp_path / "rel")] == [1, 2]
+    # a run from before paths were stored absolute, resumed from its folder with the same relative flag
+    cfg["model"], cfg["steps"] = f"{base.name}/base", 2
+    (tmp_path / "rel" / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.chdir(base.parent)
+    train.main(["--resume", str(tmp_path / "rel"), "--steps", "3", "--model", f"{base.name}/base"])
+    assert json.loads((tmp_path / "rel" / "config.json").read_text())["model"] == str(base / "base")
 
 
 def test_resume_refuses_changed_inputs(base, tmp_path):
     """inputs.json records the training data's hashes and the model's config and weight sizes: a resume on other
     contents at the same paths would not continue the same run."""
-    data_file = tmp_path / "train.jsonl"
+    data_file, model_dir = tmp_path / "train.jsonl", tmp_path / "model"
     shutil.copy(base / "data" / "train.jsonl", data_file)
+    shutil.copytree(base / "base", model_dir)
     run = tmp_path / "r"
-    train.main(["--model", str(base / "base"), "--train", str(data_file), *TINY, "--out", str(run), "--steps", "1",
+    train.main(["--model", str(model_dir), "--train", str(data_file), *TINY, "--out", str(run), "--steps", "1",
                 "--save-every", "1"])
-    assert set(json.loads((run / "inputs.json").read_text())) == {"--train file 1", "model config.json",
-                                                                   "model model.safetensors"}
+    assert set(json.loads((run / "inputs.json").read_text())) == {
+        "--train file 1", "model config.json", "model tokenizer.json", "model model.safetensors"}
     original = data_file.read_text()
     data_file.write_text("".join(original.splitlines(keepends=True)[:-1]))  # one item fewer
     with pytest.raises(SystemExit, match=r"these inputs changed since the run began .*: --train file 1;"):
         train.main(["--resume", str(run), "--steps", "2"])
     data_file.write_text(original)
+    (model_dir / "generation_config.json").write_text('{"eos_token_id": [0, 1]}')  # other reply ends
+    with pytest.raises(SystemExit, match=r"these inputs changed .*: model generation_config.json;"):
+        train.main(["--resume", str(run), "--steps", "2"])
+    (model_dir / "generation_config.json").unlink()
+    (model_dir / "stale.safetensors").write_bytes(b"not read by the loader")  # not an input: no change
+    (run / "inputs.json").write_text('{"--train file 1": ')
+    with pytest.raises(SystemExit, match="inputs.json: not valid JSON"):
+        train.main(["--resume", str(run), "--steps", "2"])
+    (run / "inputs.json").unlink()  # a run from before inputs.json: resumed, and recorded from now on
     train.main(["--resume", str(run), "--steps", "2"])
-    assert [m["step"] for m in metrics(run)] == [1, 2]
+    assert [m["step"] for m in metrics(run)] == [1, 2] and (run / "inputs.json").is_file()
 
 
 def test_corrupted_checkpoint(base, tmp_path):
