@@ -17,9 +17,10 @@ The demo (no --model) builds a tiny Qwen2-shaped model and a small tokenizer, gi
 noisy teacher so that it behaves like a base model (it follows the format only sometimes and is right only half the
 time), then runs RL on the synthetic drug-disease task from data.py with the same sampler, verifier and PPO.
 
-Run folder (--out): config.json, inputs.json (what --resume must find unchanged: training data hashes, model
-config and weight sizes), metrics.jsonl (one object per step), samples.jsonl (full replies every few steps),
-checkpoints/step_XXXXXX/ (policy in HF layout + value head, optimizer, schedule, RNG states, data cursor), final.json.
+Run folder (--out): config.json, inputs.json (what --resume must find unchanged: hashes of the training data and
+the model's config and tokenizer, weight file sizes), metrics.jsonl (one object per step), samples.jsonl (full
+replies every few steps), checkpoints/step_XXXXXX/ (policy in HF layout + value head, optimizer, schedule, RNG states,
+data cursor), final.json.
 An SFT step samples no replies: its metrics are sft_loss, lr, grad_norm, lengths and timings, and it writes no
 samples.jsonl (reward, accuracy, KL and the PPO losses would be made up).
 """
@@ -817,9 +818,7 @@ def write_config(cfg: Config, run: Path, rank, world):
     barrier(world)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
-        tmp = run / "config.json.tmp"
-        tmp.write_text(json.dumps(asdict(cfg), indent=2))
-        os.replace(tmp, run / "config.json")
+        write_json(run / "config.json", asdict(cfg))
         for old in (run / "checkpoints").glob(".tmp_*") if (run / "checkpoints").is_dir() else []:
             shutil.rmtree(old)  # a checkpoint that a killed run was writing
     barrier(world)
@@ -858,10 +857,15 @@ def check_inputs(run: Path, fingerprint: dict, resume, rank, world):
             raise SystemExit(f"--resume {run}: these inputs changed since the run began (or are new or gone): "
                              f"{', '.join(changed)}; a resumed run must train on the same model and data")
     elif rank == 0:
-        tmp = run / "inputs.json.tmp"
-        tmp.write_text(json.dumps(fingerprint, indent=2))
-        os.replace(tmp, f)
+        write_json(f, fingerprint)
     barrier(world)
+
+
+def write_json(path: Path, obj):
+    """Written whole or not at all (a temp file, then renamed): a killed run never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def barrier(world):
@@ -1032,8 +1036,7 @@ def main(argv=None):
         final["rank_checksums"] = [None] * world
         dist.all_gather_object(final["rank_checksums"], checksum)
     if rank == 0:
-        (run / "final.json.tmp").write_text(json.dumps(final, indent=2))
-        os.replace(run / "final.json.tmp", run / "final.json")
+        write_json(run / "final.json", final)
         summary = f"done: {cfg.algo}, {cfg.steps} steps, {final['seconds']:.0f}s in all"
         if first and "reward_mean" in first and "reward_mean" in last:
             summary += (f"; reward {first['reward_mean']:+.2f} -> {last['reward_mean']:+.2f}, accuracy "
