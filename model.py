@@ -452,13 +452,15 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 def check_header(file, header) -> dict:
     """The tensors of a safetensors header, each checked for the fields the reader uses."""
     if not isinstance(header, dict):
-        raise ValueError(f"{file}: not a safetensors file (its header is a JSON {type(header).__name__}, not an object)")
+        raise ValueError(f"{file}: not a safetensors file (its header is a JSON {type(header).__name__}, not an "
+                         "object)")
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     for name, info in tensors.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
         ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str)
               and isinstance(info.get("shape"), list) and all(is_int(d) and d >= 0 for d in info["shape"])
-              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
-              and all(is_int(o) for o in info["data_offsets"]) and 0 <= info["data_offsets"][0] <= info["data_offsets"][1])
+              and isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets))
+              and 0 <= offsets[0] <= offsets[1])
         if not ok:
             raise ValueError(f"{file}: not a safetensors file (tensor {name}: expected dtype, shape and data_offsets "
                              f"[start, end], got {info!r:.120})")
@@ -472,7 +474,8 @@ def read_tensors(file):
     with open(file, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if n > os.fstat(f.fileno()).st_size - 8:
-            raise ValueError(f"{file}: not a safetensors file (its header would be {n} bytes, past the end of the file)")
+            raise ValueError(f"{file}: not a safetensors file (its header would be {n} bytes, past the end of the "
+                             "file)")
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
