@@ -27,6 +27,7 @@ samples.jsonl (reward, accuracy, KL and the PPO losses would be made up).
 
 import argparse
 import copy
+import gc
 import hashlib
 import inspect
 import json
@@ -1046,6 +1047,10 @@ def main(argv=None):
             summary += f"; held-out accuracy {final['heldout_accuracy']:.3f} (format {final['heldout_format_rate']:.2f})"
         print(summary + f" -> {run / 'final.json'}")
     if world > 1:
+        # DDP's reducer holds the process group: freed only after destroy_process_group (when main's locals go), the
+        # group's gloo destructor can deadlock (seen once in CI: a rank stuck in ~ProcessGroupGloo). Free it first
+        del ddp_policy
+        gc.collect()
         dist.barrier()  # no rank tears gloo down while another still talks to it
         dist.destroy_process_group()
     return final
