@@ -546,6 +546,31 @@ def fused_attention_only(model, log):
     return row
 
 
+def replaced_caches_freed(device, log):
+    """generate at three cache lengths, then the first again: each new length replaces the KV cache and compiles and
+    records another CUDA graph, and nothing may keep the replaced caches' memory (a training run meets a handful of
+    lengths; at 3B each cache is GBs). Checked on the storages themselves, and on the allocator's count: after the
+    last call, less than one cache more than after the first. A small model, so that the compiles take seconds."""
+    shape = dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=512, vocab_size=32000)
+    m = random_model(shape, torch.bfloat16, device)
+    allocated, replaced = [], []
+    for P in (100, 230, 360, 100):  # caches of 128, 256, 384 and 128 slots with 16 new tokens
+        if m.model.layers[0].self_attn.cache is not None:
+            replaced += [StorageWeakRef(b.untyped_storage()) for layer in m.model.layers
+                         for b in layer.self_attn.cache.buffers()]
+        M.generate(m, [[1] * P] * 64, 16, seed=0)
+        gc.collect()
+        sync(device)
+        allocated.append(torch.cuda.memory_allocated() if device.type == "cuda" else 0)
+    cache = sum(b.numel() * b.element_size() for layer in m.model.layers for b in layer.self_attn.cache.buffers())
+    alive = sum(not r.expired() for r in replaced)
+    row = dict(check="replaced KV caches freed", replaced_storages=len(replaced), still_alive=alive,
+               allocated_mb=[round(a / 2**20, 1) for a in allocated], last_cache_mb=cache / 2**20,
+               ok=alive == 0 and allocated[-1] - allocated[0] < cache)
+    log(json.dumps(row))
+    return row
+
+
 SECTIONS = ("correctness", "ppo", "sampler", "static")
 
 
@@ -574,7 +599,9 @@ def gpu_suite(dry_run: bool, log_dir: Path, sections=SECTIONS):
                 f"{'OK' if r['ok'] else 'FAIL'}; "
                 f"attention without the math kernel: {'OK' if r['fused_attention'] else 'FAIL (see log)'}; "
                 f"first compile {r['first_compile_s']:.0f}s, CUDA-graph record {r['cudagraph_record_s']:.1f}s")
-        return line, r["ok"] and r["fused_attention"]
+        freed = replaced_caches_freed(device, log)["ok"]
+        line += f"; replaced KV caches freed: {'OK' if freed else 'FAIL (see log)'}"
+        return line, r["ok"] and r["fused_attention"] and freed
 
     def ppo():
         # on OOM: smaller micro-batches first (same work per step), then fewer prompts: the largest step that fits

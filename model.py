@@ -635,15 +635,23 @@ def decode_logits(model, token, idx, key_valid, pad_len):
 
 
 _compiled = {}
+RECOMPILE_LIMIT = 64  # distinct (batch, cache length) pairs one process may compile the decode step for
 
 
 def compiled_decode(device_type: str):
     """torch.compile'd decode step: CUDA graphs on GPU (per-token launch overhead gone). On CPU eager is used:
-    measured on 2 cores, compile did not pay back its warm-up for our sizes (see BENCHMARKS.md)."""
+    measured on 2 cores, compile did not pay back its warm-up for our sizes (see BENCHMARKS.md).
+
+    The KV cache is made of module buffers, whose shapes torch.compile keeps static: each new batch size or cache
+    length compiles the step again (~50 s at the 3B shape on an H100). A training run meets more of them than
+    torch's default limit of 8 (rollouts and held-out batches of varying prompt lengths, a last partial batch), and
+    at that limit fullgraph=True raises; hence the higher limit."""
     if device_type != "cuda":
         return decode_logits
     if device_type not in _compiled:
-        _compiled[device_type] = torch.compile(decode_logits, mode="reduce-overhead", fullgraph=True)
+        # cache_size_limit: recompile_limit's older name, which torch 2.6 knows too
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, RECOMPILE_LIMIT)
+        _compiled[device_type] = torch.compile(decode_logits, mode="reduce-overhead", fullgraph=True, dynamic=False)
     return _compiled[device_type]
 
 

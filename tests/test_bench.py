@@ -27,6 +27,8 @@ def test_gpu_suite_dry_run(tmp_path):
     assert rows[1]["check"] == "bf16 logits vs transformers" and rows[1]["ok"]
     assert rows[1]["greedy_agreement_hf"] == 1.0  # tiny model: no near-ties
     assert rows[2]["check"] == "attention without the math fallback" and rows[2]["ok"]
+    assert rows[3]["check"] == "replaced KV caches freed" and rows[3]["ok"]
+    assert rows[3]["replaced_storages"] == 12 and rows[3]["still_alive"] == 0  # 3 replacements x 2 layers x (k, v)
     steps = [r for r in rows if "s_train" in r]  # the PPO step comes before the sampler
     assert len(steps) == 2 and {"s_generate", "s_reference", "tokens_per_s"} <= set(steps[-1])
     assert rows[1]["greedy_agreement_compiled_eager"] == 1.0 and rows[1]["fp32_rel_error"] < 1e-4

@@ -672,6 +672,39 @@ def test_compiled_path_traces_one_graph_and_matches_eager(pair, monkeypatch):
     assert len(graphs) == 1
 
 
+def test_compiled_step_survives_many_batch_shapes(monkeypatch):
+    """M.compiled_decode's own settings (fullgraph, static shapes), traced on CPU: every new batch size or cache
+    length is one more compile, and a run meets more than torch's default limit of 8. At that limit fullgraph=True
+    raises (FailOnRecompileLimitHit), so a long run would die at its ninth shape; compiled_decode raises the limit."""
+    torch.manual_seed(0)
+    m = M.Transformer(M.ModelArgs(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, intermediate_size=64, vocab_size=100,
+                                  max_seq_len=512, eos_id=0)).eval()
+    real_compile, traced = torch.compile, []
+
+    def counting_compile(fn, mode=None, **kw):  # CUDA graphs aside, the same torch.compile call
+        def backend(gm, example_inputs):
+            traced.append(gm)
+            return gm.forward
+        return real_compile(fn, backend=backend, **kw)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", 8)  # torch's default, restored afterwards
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    monkeypatch.setattr(M, "_compiled", {})
+    step = M.compiled_decode("cuda")
+    monkeypatch.setattr(M, "compiled_decode", lambda device_type: step)
+    shapes = set()
+    for n_rows in (1, 2, 3):
+        for length in (3, 200, 330):  # cache lengths of 128, 256 and 384 slots (rounded to CACHE_ROUND)
+            prompts = [[(7 * i + j) % 90 + 1 for j in range(length - i)] for i in range(n_rows)]
+            a = M.generate(m, prompts, 4, temperature=0, compile=False)
+            b = M.generate(m, prompts, 4, temperature=0, compile=True)
+            assert a.tokens == b.tokens
+            shapes.add(m.cache_shape()[:2])
+    torch._dynamo.reset()
+    assert len(shapes) == 9 and len(traced) == 9
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_cuda_sampler_matches_eager(pair):
