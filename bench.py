@@ -233,9 +233,9 @@ def bench_sampler(case, device, reps, log=print, roofline=False):
     more than our CUDA graph's)."""
     ours, hf, prompts, row = sampler_inputs(case, device)
     B, P, new, dtype = len(prompts), len(prompts[0]), row["new"], ours.model.embed_tokens.weight.dtype
-    # warm-up costs on CUDA: the first call compiles the decode step (or recompiles it for this batch), the second
-    # records its CUDA graph
-    calls = [run_generate(ours, prompts, 2, device) for _ in range(3)]
+    # warm-up costs on CUDA: the first call compiles the decode step for this batch and cache length, the second
+    # records its CUDA graph (runs stopped early: the cache is the benchmark's, the compile the one it uses)
+    calls = [run_generate(ours, prompts, new, device, M.EOS_CHECK_EVERY) for _ in range(3)]
     row.update(compile_s=calls[0] - calls[2], cudagraph_record_s=calls[1] - calls[2])
     contenders = [ours_call(ours, prompts, new), hf_call(hf, prompts, new, device)]
     if not roofline:
