@@ -166,8 +166,10 @@ def decode_step_seconds(model, prompts, new, device):
     return (run_generate(model, prompts, new, device) - run_generate(model, prompts, new, device, k)) / (new - k)
 
 
-KERNEL_KINDS = {"matmul": ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk", "aten::mm", "aten::addmm"),
-                "attention": ("sdpa", "flash", "fmha", "attention", "attn"), "copies": ("memcpy", "memset")}
+# first match wins: attention kernels' names contain "cutlass" and "splitkv" too
+KERNEL_KINDS = {"attention": ("sdpa", "flash", "fmha", "attention", "attn"),
+                "matmul": ("gemm", "nvjet", "cutlass", "xmma", "cublas", "splitk", "aten::mm", "aten::addmm"),
+                "copies": ("memcpy", "memset")}
 
 
 def decode_profile(model, prompts, new, device):
@@ -233,14 +235,16 @@ def bench_sampler(case, device, reps, log=print, roofline=False):
     more than our CUDA graph's)."""
     ours, hf, prompts, row = sampler_inputs(case, device)
     B, P, new, dtype = len(prompts), len(prompts[0]), row["new"], ours.model.embed_tokens.weight.dtype
-    # warm-up costs on CUDA: the first call compiles the decode step for this batch and cache length, the second
-    # records its CUDA graph (runs stopped early: the cache is the benchmark's, the compile the one it uses)
-    calls = [run_generate(ours, prompts, new, device, M.EOS_CHECK_EVERY) for _ in range(3)]
-    row.update(compile_s=calls[0] - calls[2], cudagraph_record_s=calls[1] - calls[2])
+    # our warm-up on CUDA, in runs stopped early (the cache is the benchmark's): the decode step's compile for this
+    # batch and cache length unless an earlier section made it, and the CUDA-graph recording for this model
+    calls = [run_generate(ours, prompts, new, device, M.EOS_CHECK_EVERY) for _ in range(2)]
+    row.update(warmup_s=calls[0] - calls[1])
     contenders = [ours_call(ours, prompts, new), hf_call(hf, prompts, new, device)]
     if not roofline:
         contenders.append(matmul_floor_call(ours, B, P, new, device))
-    t_ours, t_hf, *t_floor = median_seconds(contenders, device, reps)
+    else:  # transformers' one-time costs (no compile on this path) take a short call, not a full one
+        hf_call(hf, prompts, 2, device)()
+    t_ours, t_hf, *t_floor = median_seconds(contenders, device, reps, warm=not roofline)
     row.update(ours_tok_s=B * new / t_ours, hf_tok_s=B * new / t_hf, speedup=t_hf / t_ours)
     if t_floor:
         row.update(matmul_floor_s=t_floor[0], max_speedup=t_hf / t_floor[0])
@@ -252,11 +256,15 @@ def bench_sampler(case, device, reps, log=print, roofline=False):
         weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
         kv_bytes = 2 * a.n_layers * B * a.n_kv_heads * (P + new / 2) * a.head_dim * dtype.itemsize
         bw = copy_bandwidth(device)
+        # what our step does read: the whole cache, its unwritten slots masked
+        read_bytes = weight_bytes + sum(b.numel() * b.element_size() for layer in ours.model.layers
+                                        for b in layer.self_attn.cache.buffers())
         row.update(decode_step_ms=1e3 * step, copy_bw_gb_s=bw / 1e9, bytes_per_step_gb=(weight_bytes + kv_bytes) / 1e9,
-                   roofline_fraction=(weight_bytes + kv_bytes) / step / bw)
+                   roofline_fraction=(weight_bytes + kv_bytes) / step / bw, bytes_read_per_step_gb=read_bytes / 1e9,
+                   bandwidth_fraction_of_bytes_read=read_bytes / step / bw)
         log(json.dumps(decode_profile(ours, prompts, new, device)))
-    row.update(compiled_graphs=counters["stats"]["unique_graphs"],
-               cudagraph_skips=counters["inductor"]["cudagraph_skips"])
+    row.update(compiled_graphs_in_process=counters["stats"]["unique_graphs"],
+               cudagraph_skips_in_process=counters["inductor"]["cudagraph_skips"])
     log(json.dumps(row))
     del ours, hf
     return row
@@ -318,11 +326,17 @@ def bench_train(device, shape, cfg: train.Config, steps, log=print):
     ref = copy.deepcopy(lm).requires_grad_(False).to(torch.bfloat16 if device.type == "cuda" else dtype)
     rollout_lm = copy.deepcopy(lm).requires_grad_(False).to(torch.bfloat16 if device.type == "cuda" else dtype)
     opt = train.make_optimizer(cfg, policy, device)
+    batches = [[items[(step * cfg.prompts_per_step + i) % len(items)] for i in range(cfg.prompts_per_step)]
+               for step in range(1, steps + 1)]
+    # the sampler's compile and CUDA-graph recording for these rollouts' batch and cache length, before the timed
+    # steps (one-off costs, ~45 s at 3B); a run stopped early, on the first step's prompts
+    prompts = [tokenizer.encode(data.render(it, cfg.template), add_special_tokens=False).ids
+               for it in batches[0] for _ in range(cfg.group_size)]
+    warmup_s = run_generate(rollout_lm, prompts, cfg.max_new_tokens, device, M.EOS_CHECK_EVERY)
     rows = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for step in range(1, steps + 1):
-        batch = [items[(step * cfg.prompts_per_step + i) % len(items)] for i in range(cfg.prompts_per_step)]
+    for step, batch in enumerate(batches, 1):
         timers = {}
         t0 = time.perf_counter()
         metrics, _ = train.rl_step(cfg, policy, policy, ref, rollout_lm, opt, tokenizer, batch, step, 0, [0],
@@ -331,7 +345,7 @@ def bench_train(device, shape, cfg: train.Config, steps, log=print):
         total = time.perf_counter() - t0
         n_tok = metrics["gen_tokens"] if metrics else float("nan")
         row = dict(step=step, seconds=total, tokens_per_s=n_tok / total, response_len=metrics["response_len"],
-                   **{f"s_{k}": v for k, v in timers.items()})
+                   sampler_warmup_s=warmup_s, **{f"s_{k}": v for k, v in timers.items()})
         n_params = sum(p.numel() for p in lm.parameters())
         n_prompt = sum(len(tokenizer.encode(data.render(it, cfg.template), add_special_tokens=False).ids)
                        for it in batch) * cfg.group_size
@@ -448,17 +462,21 @@ def estimate_memory(shape, cfg: train.Config, prompt_len, device="cuda"):
 # GPU suite: correctness in bf16, sampler speed + roofline, 3B PPO step memory/MFU, warm-up times
 
 
-def bf16_correctness(device, shape, log):
+def bf16_correctness(device, case, log):
     """Our bf16 logits and transformers' on the same weights, each measured against an fp32 forward of those weights
     (the bf16 weights upcast, so only the arithmetic differs). A deep random-weight model amplifies bf16 rounding, so
     the yardstick is transformers' own bf16 error: ours may exceed it by BF16_SLACK at most. Also: our fp32 forward
     against transformers' fp32 on this GPU, and greedy decoding, compiled (CUDA graphs) and eager, checked against
-    a full fp32 recomputation of the log-probs it reports (a stale cache slot or a wrong position costs nats)."""
+    a full fp32 recomputation of the log-probs it reports (a stale cache slot or a wrong position costs nats). The
+    compiled run has the sampler case's batch and lengths, so its compile, the process's first, serves the sampler
+    section too."""
+    shape, _, B, P, new = SAMPLER_CASES[case]
     ours = random_model(shape, torch.bfloat16, device)
     exact_lm = copy.deepcopy(ours).float()
+    exact_lm.init_rope()  # .to(bf16) rounded the RoPE tables too
     hf = hf_twin(exact_lm)
-    x = torch.randint(0, shape["vocab_size"], (4, 256 if device.type == "cuda" else 16),
-                      generator=torch.Generator().manual_seed(1)).to(device)
+    prompts = torch.randint(0, shape["vocab_size"], (B, P), generator=torch.Generator().manual_seed(1)).to(device)
+    x = prompts[:4]
     # fp32 references in SDPA's math kernel: the fused kernels' fp32 attention is not exact on a GPU (the two fp32
     # models differed by 5e-3 in an H100 run, 2026-11-27, where they took different kernels; TF32-like rounding)
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
@@ -474,16 +492,21 @@ def bf16_correctness(device, shape, log):
     row = dict(check="bf16 logits vs transformers", fp32_rel_error=rel(hf32, exact), ours_bf16_rel_error=rel(ours16, exact),
                hf_bf16_rel_error=rel(hf16, exact), ours_vs_hf_bf16=rel(ours16, hf16))
     del exact, hf32, hf16, ours16
-    x = x[:, :32]
-    n = 64 if device.type == "cuda" else 8
-    # the first compiled generate of the process: its cold compile, then CUDA-graph recording, then a replay
+    # the process's first compiled generate: its cold compile (with the first CUDA-graph recording), then replays;
+    # then a copy of the model, whose new weight addresses make the same compiled step record its graph again
     times = []
-    for _ in range(3):
+    for lm in (ours, ours, ours, copy.deepcopy(ours)):
         sync(device)
         t0 = time.perf_counter()
-        g = M.generate(ours, x.tolist(), n, temperature=0)
+        out = M.generate(lm, prompts.tolist(), new, temperature=0)
         sync(device)
         times.append(time.perf_counter() - t0)
+        if lm is ours:
+            g = out
+    del lm, out
+    record = times[3] - times[2]
+    n = 64 if device.type == "cuda" else 8  # tokens checked, of the first 4 rows
+    g = M.Generation([t[:n] for t in g.tokens[:4]], [lp[:n] for lp in g.logprobs[:4]])
     eager = M.generate(ours, x.tolist(), n, temperature=0, compile=False)
     ref = hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
                       pad_token_id=0, attention_mask=torch.ones_like(x))[:, x.shape[1]:].tolist()
@@ -504,7 +527,7 @@ def bf16_correctness(device, shape, log):
     row.update(compiled_logprob_error=recompute_error(g), eager_logprob_error=recompute_error(eager),
                greedy_agreement_hf=agreement(g.tokens, ref), greedy_agreement_compiled_eager=agreement(g.tokens,
                                                                                                   eager.tokens),
-               first_compile_s=times[0] - times[2], cudagraph_record_s=times[1] - times[2], greedy_call_s=times[2])
+               first_compile_s=times[0] - times[2] - record, cudagraph_record_s=record, greedy_call_s=times[2])
     row["ok"] = (row["fp32_rel_error"] <= FP32_TOLERANCE and row["ours_bf16_rel_error"] <= BF16_SLACK *
                  row["hf_bf16_rel_error"] and row["compiled_logprob_error"] <= BF16_SLACK * row["eager_logprob_error"])
     log(json.dumps(row))
@@ -547,14 +570,15 @@ def fused_attention_only(model, log):
 
 
 def replaced_caches_freed(device, log):
-    """generate at three cache lengths, then the first again: each new length replaces the KV cache and compiles and
+    """generate at two cache lengths, then the first again: each new length replaces the KV cache and compiles and
     records another CUDA graph, and nothing may keep the replaced caches' memory (a training run meets a handful of
     lengths; at 3B each cache is GBs). Checked on the storages themselves, and on the allocator's count: after the
     last call, less than one cache more than after the first. A small model, so that the compiles take seconds."""
-    shape = dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=512, vocab_size=32000)
+    # a small vocabulary: each CUDA graph's own outputs (the logits) stay far below a cache's size
+    shape = dict(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=512, vocab_size=1024)
     m = random_model(shape, torch.bfloat16, device)
     allocated, replaced = [], []
-    for P in (100, 230, 360, 100):  # caches of 128, 256, 384 and 128 slots with 16 new tokens
+    for P in (100, 230, 100):  # caches of 128, 256 and 128 slots with 16 new tokens
         if m.model.layers[0].self_attn.cache is not None:
             replaced += [StorageWeakRef(b.untyped_storage()) for layer in m.model.layers
                          for b in layer.self_attn.cache.buffers()]
@@ -592,7 +616,7 @@ def gpu_suite(dry_run: bool, log_dir: Path, sections=SECTIONS):
                         torch=torch.__version__, date=time.strftime("%Y-%m-%d"), sections=list(sections))))
 
     def correctness():
-        r = bf16_correctness(device, shape, log)
+        r = bf16_correctness(device, "dry" if dry_run else "gpu", log)
         line = (f"logits vs fp32: ours bf16 {r['ours_bf16_rel_error']:.2e}, transformers bf16 "
                 f"{r['hf_bf16_rel_error']:.2e}; fp32 vs transformers {r['fp32_rel_error']:.1e}; decode log-probs vs "
                 f"fp32: compiled {r['compiled_logprob_error']:.3f}, eager {r['eager_logprob_error']:.3f} nats; "
@@ -622,15 +646,15 @@ def gpu_suite(dry_run: bool, log_dir: Path, sections=SECTIONS):
                     False)
         return (f"PPO step {prompts}x{cfg.max_new_tokens} (micro-batch {micro}): {r['seconds']:.1f}s (generate "
                 f"{r['s_generate']:.1f}, reference {r['s_reference']:.1f}, train {r['s_train']:.1f}); peak "
-                f"{r.get('peak_mem_gb', float('nan')):.1f} GB; MFU {r.get('train_mfu', float('nan')):.1%}"), \
-            prompts == full
+                f"{r.get('peak_mem_gb', float('nan')):.1f} GB; MFU {r.get('train_mfu', float('nan')):.1%}; sampler "
+                f"warm-up before it {r['sampler_warmup_s']:.0f}s"), prompts == full
 
     def sampler():
         s = bench_sampler("dry" if dry_run else "gpu", device, reps=1 if dry_run else 2, log=log, roofline=True)
         return (f"sampler {s['ours_tok_s']:.0f} tok/s vs transformers {s['hf_tok_s']:.0f} ({s['speedup']:.2f}x); "
-                f"roofline {s['roofline_fraction']:.0%} ({s['decode_step_ms']:.2f} ms/step); this batch's warm-up: "
-                f"compile {s['compile_s']:.1f}s, CUDA-graph record {s['cudagraph_record_s']:.2f}s; CUDA-graph skips "
-                f"{s['cudagraph_skips']}"), True
+                f"roofline {s['roofline_fraction']:.0%} ({s['decode_step_ms']:.2f} ms/step; "
+                f"{s['bandwidth_fraction_of_bytes_read']:.0%} counting the whole cache it reads); warm-up "
+                f"{s['warmup_s']:.1f}s; CUDA-graph skips {s['cudagraph_skips_in_process']}"), True
 
     def static():
         s = bench_static("dry" if dry_run else "gpu", device, reps=1 if dry_run else 2, log=log)
