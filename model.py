@@ -644,9 +644,9 @@ def compiled_decode(device_type: str):
     measured on 2 cores, compile did not pay back its warm-up for our sizes (see BENCHMARKS.md).
 
     The KV cache is made of module buffers, whose shapes torch.compile keeps static: each new batch size or cache
-    length compiles the step again (~50 s at the 3B shape on an H100). A training run meets more of them than
-    torch's default limit of 8 (rollouts and held-out batches of varying prompt lengths, a last partial batch), and
-    at that limit fullgraph=True raises; hence the higher limit."""
+    length compiles the step again (~50 s at the 3B shape on an H100). A run can meet more of them than torch's
+    default limit of 8 (rollouts and held-out batches of varying prompt lengths, last partial batches, evaluations),
+    and at that limit fullgraph=True raises, ending the run; hence the higher limit."""
     if device_type != "cuda":
         return decode_logits
     if device_type not in _compiled:
