@@ -353,7 +353,12 @@ def bench_train(device, shape, cfg: train.Config, steps, log=print):
         # attention's own FLOPs and padding left out
         flops = (8 if cfg.grad_checkpointing else 6) * n_params * (n_prompt + n_tok) * cfg.ppo_epochs
         if device.type == "cuda":
-            row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            # near the card's capacity the caching allocator may free its cache and retry (a synchronising
+            # slowdown): counted here, with what it held at most
+            stats = torch.cuda.memory_stats()
+            row.update(peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9,
+                       peak_reserved_gb=torch.cuda.max_memory_reserved() / 1e9,
+                       alloc_retries=stats.get("num_alloc_retries", 0))
             name = torch.cuda.get_device_name()
             peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
             if peak:
