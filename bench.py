@@ -172,6 +172,10 @@ KERNEL_KINDS = {"attention": ("sdpa", "flash", "fmha", "attention", "attn"),
                 "copies": ("memcpy", "memset")}
 
 
+def kernel_kind(name):
+    return next((kind for kind, words in KERNEL_KINDS.items() if any(w in name.lower() for w in words)), "other")
+
+
 def decode_profile(model, prompts, new, device):
     """Where a decode step's GPU time goes, from the profiler over real generate calls (warm for this batch): two
     runs stopped after 16 and 48 tokens, so their difference is 32 decode steps, prefill excluded. Milliseconds per
@@ -191,8 +195,7 @@ def decode_profile(model, prompts, new, device):
                 for name, (t, c) in totals[1].items()}
     kinds = dict.fromkeys([*KERNEL_KINDS, "other"], 0.0)
     for name, (ms, _) in per_step.items():
-        kinds[next((kind for kind, words in KERNEL_KINDS.items() if any(w in name.lower() for w in words)),
-                   "other")] += ms
+        kinds[kernel_kind(name)] += ms
     top = sorted(per_step.items(), key=lambda kv: -kv[1][0])[:10]
     return dict(check="decode step profile", **{f"{kind}_ms": round(ms, 3) for kind, ms in kinds.items()},
                 top_kernels=[[name[:90], round(ms, 3), round(calls, 1)] for name, (ms, calls) in top])

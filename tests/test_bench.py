@@ -52,6 +52,21 @@ def test_cpu_sampler_cases_report_the_matmul_ceiling():
     assert "ceiling" in bench.sampler_table(rows)
 
 
+@pytest.mark.parametrize("name, kind", [
+    ("nvjet_sm90_tst_96x64_64x10_4x1_v_bz_TNN", "matmul"),  # kernel names from the H100 runs and PyTorch's own
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128_4x1x1_cga1x1", "attention"),
+    ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<cutlass::bfloat16_t>)",
+     "attention"),
+    ("void flash::flash_fwd_splitkv_kernel<Flash_fwd_kernel_traits<128, 64, 128, 4, cutlass::bfloat16_t>>",
+     "attention"),
+    ("Memcpy DtoD (Device -> Device)", "copies"),
+    ("triton_red_fused__to_copy__unsafe_view_add_mean_mul_pow_rsqrt_10", "other"),
+])
+def test_decode_profile_kernel_kinds(name, kind):
+    assert bench.kernel_kind(name) == kind
+
+
 def test_embedded_qwen_shape_matches_the_real_config():
     if not QWEN_CONFIG.exists():
         pytest.skip("../shared is absent")
