@@ -275,7 +275,7 @@ def bench_sampler(case, device, reps, log=print, roofline=False):
 
 def bench_static(case, device, reps, log=print):
     """Ours vs transformers.generate with its static KV cache, with which it compiles its decode step itself on a GPU
-    (torch.compile, CUDA graphs): its own fast path. The compile takes minutes at the 3B shape."""
+    (torch.compile, CUDA graphs): its own fast path. Its compile at the 3B shape: not yet measured."""
     ours, hf, prompts, row = sampler_inputs(case, device)
     new = row["new"]
     ours_run, static = ours_call(ours, prompts, new), hf_call(hf, prompts, new, device, static=True)
