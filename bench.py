@@ -537,7 +537,7 @@ def bf16_correctness(device, case, log):
                                                                                                   eager.tokens),
                first_compile_s=times[0] - times[2] - record, cudagraph_record_s=record, greedy_call_s=times[2])
     row["ok"] = (row["fp32_rel_error"] <= FP32_TOLERANCE and row["ours_bf16_rel_error"] <= BF16_SLACK *
-                 row["hf_bf16_rel_error"] and row["compiled_logprob_error"] <= BF16_SLACK * row["eager_logprob_error"])
+                 row["hf_bf16_rel_error"] and row["compiled_logprob_error"] <= DECODE_SLACK * row["eager_logprob_error"])
     log(json.dumps(row))
     del hf
     row["fused_attention"] = fused_attention_only(ours, log)["ok"]
@@ -545,10 +545,11 @@ def bf16_correctness(device, case, log):
     return row
 
 
-FP32_TOLERANCE = 1e-3  # relative L2 error of logits, ours against transformers, both fp32 (on CPU: ~1e-6)
-# ours in bf16 may be this much further from the fp32 logits than transformers in bf16 is; the compiled decode's
-# log-probs likewise against our eager decode's
-BF16_SLACK = 1.25
+FP32_TOLERANCE = 1e-3  # relative L2 error of logits, ours against transformers, both fp32 (on CPU: 0.0)
+BF16_SLACK = 1.25  # ours in bf16 may be this much further from the fp32 logits than transformers in bf16 is
+# the compiled decode's log-probs may be this much further from fp32 than the eager decode's (each over its own
+# greedy tokens: bf16 noise, ~0.03 nats on the H100); a stale cache slot or a wrong position costs nats
+DECODE_SLACK = 2.0
 
 
 def fused_attention_only(model, log):
